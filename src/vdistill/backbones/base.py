@@ -1,0 +1,176 @@
+"""One interface for a text-to-video diffusion model (teacher or student).
+
+A :class:`Backbone` bundles the trainable denoiser with its frozen parts:
+
+* ``denoiser``: the network (the part a student fine-tunes or puts LoRA on),
+* ``schedule``: its :class:`~vdistill.diffusion.NoiseSchedule`,
+* a VAE: pixels ``[B, T, 3, H, W]`` in [0, 1] <-> latents ``[B, C, T', H', W']``,
+* a text encoder: ``list[str]`` -> a dict of tensors (the "text conditioning", batch first).
+
+All times ``t`` given to a backbone are the schedule's (DDPM index, or flow sigma); the backbone converts them
+to the network's units with ``schedule.model_timestep``. Text conditioning is a ``dict[str, Tensor]`` so it can be
+stored as it is in safetensors shards and batched with :func:`cat_text`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from vdistill.config import RecordsInit
+from vdistill.diffusion.guidance import apply_cfg, guidance_scale_embedding
+from vdistill.diffusion.schedules import NoiseSchedule
+from vdistill.errors import UserError
+
+TextCond = dict[str, Tensor]
+
+
+def cat_text(*conds: TextCond) -> TextCond:
+    """Concatenate text conditionings along the batch dimension (same keys required)."""
+    keys = set(conds[0])
+    for c in conds[1:]:
+        if set(c) != keys:
+            raise ValueError(f"text conditionings have different keys: {sorted(keys)} vs {sorted(c)}")
+    return {k: torch.cat([c[k] for c in conds], dim=0) for k in conds[0]}
+
+
+def expand_text(cond: TextCond, batch: int) -> TextCond:
+    """Repeat a batch-1 conditioning (e.g. the empty prompt) to ``batch`` rows."""
+    return {k: v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in cond.items()}
+
+
+def index_text(cond: TextCond, index: Tensor | slice) -> TextCond:
+    return {k: v[index] for k, v in cond.items()}
+
+
+def text_to(cond: TextCond, device: torch.device | str, dtype: torch.dtype | None = None) -> TextCond:
+    """Move a conditioning; floating tensors are cast to ``dtype`` when given, masks and ids keep theirs."""
+    return {k: v.to(device, dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
+            for k, v in cond.items()}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The teacher's own sampling settings (steps, CFG scale, video size in pixels)."""
+
+    steps: int = 50
+    cfg: float = 7.5
+    num_frames: int = 16
+    height: int = 256
+    width: int = 256
+    fps: int = 8
+
+
+class Backbone(RecordsInit, nn.Module, ABC):
+    """Base class of teacher / student models; see the module docstring for the contract."""
+
+    denoiser: nn.Module
+    schedule: NoiseSchedule
+    defaults: SamplingDefaults
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guidance_emb: Tensor | None = None
+        self.guidance_proj: nn.Linear | None = None
+        self._guidance_hook = None
+
+    # -- what each family provides ----------------------------------------------------------------------
+    @abstractmethod
+    def denoise(self, latents: Tensor, model_t: Tensor, text: TextCond) -> Tensor:
+        """Raw network output for latents ``[B, C, T, H, W]`` at network timesteps ``model_t`` ``[B]``."""
+
+    @abstractmethod
+    def encode_text(self, prompts: list[str]) -> TextCond:
+        """Text conditioning for ``prompts`` (the empty string is the unconditional prompt)."""
+
+    @abstractmethod
+    def encode_video(self, videos: Tensor) -> Tensor:
+        """Pixels ``[B, T, 3, H, W]`` in [0, 1] -> latents ``[B, C, T', H', W']`` (deterministic: the mean)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, C, T', H', W']`` -> pixels ``[B, T, 3, H, W]`` in [0, 1] (differentiable)."""
+
+    @abstractmethod
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, T', H', W')`` of the latents of a ``num_frames x height x width`` video."""
+
+    @abstractmethod
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        """The module whose output ``[B, D]`` is the denoiser's timestep embedding, and ``D``."""
+
+    # -- shared behaviour -------------------------------------------------------------------------------
+    def forward(self, latents: Tensor, t: Tensor, text: TextCond, guidance: Tensor | None = None) -> Tensor:
+        """Raw prediction at schedule times ``t`` ``[B]``; ``guidance`` ``[B]`` needs the guidance embedding."""
+        if guidance is not None:
+            if self.guidance_proj is None:
+                raise UserError("this model has no guidance-scale embedding; call enable_guidance_embedding() first")
+            self._guidance_emb = guidance_scale_embedding(guidance.to(latents.device), self.guidance_proj.in_features)
+        t = t.to(latents.device).float().reshape(-1).expand(latents.shape[0])
+        try:
+            return self.denoise(latents, self.schedule.model_timestep(t), text)
+        finally:
+            self._guidance_emb = None
+
+    def enable_guidance_embedding(self, dim: int = 256) -> nn.Linear:
+        """Add the LCM guidance-scale embedding: a zero-initialised bias-free projection of the 256-dim
+        sinusoidal embedding of ``w`` added to the timestep embedding (T2V-Turbo), so the model is unchanged
+        until it is trained."""
+        if self.guidance_proj is not None:
+            return self.guidance_proj
+        module, width = self.time_embedding()
+        ref = next(module.parameters())
+        self.guidance_proj = nn.Linear(dim, width, bias=False, device=ref.device, dtype=ref.dtype)
+        nn.init.zeros_(self.guidance_proj.weight)
+
+        def add_guidance(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
+            if self._guidance_emb is None:
+                return output
+            extra = self.guidance_proj(self._guidance_emb.to(output.dtype))
+            return output + extra.reshape(extra.shape[0], *([1] * (output.ndim - 2)), extra.shape[1])
+
+        self._guidance_hook = module.register_forward_hook(add_guidance)
+        return self.guidance_proj
+
+    @property
+    def has_guidance_embedding(self) -> bool:
+        return self.guidance_proj is not None
+
+    def predict(
+        self,
+        latents: Tensor,
+        t: Tensor,
+        text: TextCond,
+        uncond: TextCond | None = None,
+        cfg: float | Tensor = 1.0,
+        guidance: Tensor | None = None,
+    ) -> Tensor:
+        """Raw prediction with classifier-free guidance as ONE batched forward (``cfg == 1`` or no ``uncond``:
+        a plain forward)."""
+        if uncond is None or (not isinstance(cfg, Tensor) and cfg == 1.0):
+            return self(latents, t, text, guidance)
+        b = latents.shape[0]
+        t = t.to(latents.device).float().reshape(-1).expand(b)
+        both = cat_text(expand_text(uncond, b), text)
+        g = None if guidance is None else guidance.repeat(2)
+        raw_u, raw_c = self(torch.cat([latents, latents]), torch.cat([t, t]), both, g).chunk(2)
+        return apply_cfg(raw_c, raw_u, cfg)
+
+    def frozen_parts(self) -> list[nn.Module]:
+        """Modules never trained by distillation (text encoder, VAE): frozen once, where they are built."""
+        return [m for m in (getattr(self, "text_encoder", None), getattr(self, "vae", None)) if m is not None]
+
+    def freeze_frozen_parts(self) -> None:
+        for m in self.frozen_parts():
+            m.requires_grad_(False)
+            m.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for m in self.frozen_parts():  # the frozen encoders stay in eval mode (no dropout)
+            if not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
