@@ -70,6 +70,9 @@ class Backbone(RecordsInit, nn.Module, ABC):
     denoiser: nn.Module
     schedule: NoiseSchedule
     defaults: SamplingDefaults
+    #: state-dict prefixes the constructor rebuilds from its own arguments (the frozen text encoder and VAE of a
+    #: diffusers folder): exports leave them out.
+    rebuilt_prefixes: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,6 +161,10 @@ class Backbone(RecordsInit, nn.Module, ABC):
         g = None if guidance is None else guidance.repeat(2)
         raw_u, raw_c = self(torch.cat([latents, latents]), torch.cat([t, t]), both, g).chunk(2)
         return apply_cfg(raw_c, raw_u, cfg)
+
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The weights an export must carry: everything but what the constructor rebuilds."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.rebuilt_prefixes)}
 
     def frozen_parts(self) -> list[nn.Module]:
         """Modules never trained by distillation (text encoder, VAE): frozen once, where they are built."""

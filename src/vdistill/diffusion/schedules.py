@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -132,8 +133,8 @@ class DDPMSchedule(NoiseSchedule):
             ModelScope / VideoCrafter latents, 0.00085..0.012).
         beta_start, beta_end: override the endpoints; ``None`` takes the schedule's default.
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
-        timestep_spacing: ``trailing`` (grid ``round(arange(N, 0, -1) * T / N) - 1``, starts at ``T - 1``; the
-            T2V-Turbo DDIM grid) or ``leading`` (diffusers' DDIM default, ``arange(0, N) * T // N`` reversed).
+        timestep_spacing: ``trailing`` (diffusers' grid ``round(arange(T, 0, -T / N)) - 1``, starts at ``T - 1``;
+            the T2V-Turbo DDIM grid) or ``leading`` (diffusers' DDIM default, ``arange(0, N) * T // N`` reversed).
     """
 
     kind = "ddpm"
@@ -185,7 +186,9 @@ class DDPMSchedule(NoiseSchedule):
         if not 1 <= n <= T:
             raise UserError(f"num_steps must be in [1, {T}], got {n}")
         if self.timestep_spacing == "trailing":
-            grid = torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1
+            # numpy's arange as diffusers: ties such as 937.5 (n = 48) round as there; its float length can
+            # come out n + 1 (n = 61), so keep the first n entries
+            grid = torch.from_numpy(np.round(np.arange(T, 0, -T / n))[:n].copy()) - 1
         else:
             grid = torch.arange(0, n, dtype=torch.float64).flip(0) * (T // n)
         return torch.cat([grid, torch.tensor([-1.0], dtype=torch.float64)]).float()
@@ -247,7 +250,7 @@ def timesteps_at(grid: Tensor, indices: list[int]) -> Tensor:
     bad = [i for i in indices if not 0 <= i < len(grid)]
     if bad:
         raise UserError(f"step indices {bad} are outside the {len(grid) - 1}-step grid (valid 0..{len(grid) - 1})")
-    return grid[torch.tensor(indices)]
+    return grid[torch.tensor(indices, dtype=torch.long)]
 
 
 def snr(schedule: NoiseSchedule, t: Tensor) -> Tensor:

@@ -1,0 +1,75 @@
+"""Saving and loading backbones: shipped names, exported folders and Lightning checkpoints.
+
+An exported folder holds ``backbone.yaml`` (``class_path`` + ``init_args``, see :mod:`vdistill.config`) and
+``model.safetensors`` (:meth:`Backbone.export_state_dict`: all weights but the frozen parts a diffusers backbone
+reloads from its own ``path``). A Lightning checkpoint written by a vdistill module carries the same
+config under the key ``vdistill_backbone`` and its weights under a prefix (``backbone.`` or ``student.``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from vdistill.backbones.base import Backbone
+from vdistill.checkpoints import load_strict, read_state_dict
+from vdistill.config import from_config, to_config
+from vdistill.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = {"toy-flow": ASSETS / "toy-flow", "toy-ddpm": ASSETS / "toy-ddpm"}
+CKPT_PREFIXES = ("student.", "backbone.")
+
+
+def save_backbone(model: Backbone, folder: str | Path) -> Path:
+    """Write ``backbone.yaml`` + ``model.safetensors`` to ``folder`` (atomically per file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.export_state_dict().items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / "model.safetensors")
+    extra = {"guidance_embedding": model.guidance_proj.in_features} if model.has_guidance_embedding else {}
+    (folder / "backbone.yaml").write_text(yaml.safe_dump({**to_config(model), **extra}, sort_keys=False))
+    return folder
+
+
+def build_from_config(cfg: dict) -> Backbone:
+    guidance_dim = cfg.pop("guidance_embedding", None)
+    model = from_config(cfg)
+    if not isinstance(model, Backbone):
+        raise UserError(f"{cfg.get('class_path')!r} is not a Backbone")
+    if guidance_dim:
+        model.enable_guidance_embedding(guidance_dim)
+    return model
+
+
+def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu") -> Backbone:
+    """A backbone from a shipped name (``toy-flow``, ``toy-ddpm``), an exported folder or a ``.ckpt`` file."""
+    spec = str(spec)
+    path = SHIPPED.get(spec, Path(spec))
+    if path.is_dir():
+        cfg_file = path / "backbone.yaml"
+        if not cfg_file.is_file():
+            raise UserError(f"model folder {spec!r} has no backbone.yaml (not a vdistill export)")
+        model = build_from_config(yaml.safe_load(cfg_file.read_text()))
+        load_strict(model, read_state_dict(path / "model.safetensors"), source=str(path / "model.safetensors"),
+                    expected=set(model.export_state_dict()))
+    elif path.is_file() and path.suffix == ".ckpt":
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "vdistill_backbone" not in ckpt:
+            raise UserError(f"checkpoint {spec!r} was not written by a vdistill module (no 'vdistill_backbone')")
+        model = build_from_config(dict(ckpt["vdistill_backbone"]))
+        state = ckpt["state_dict"]
+        prefix = next((p for p in CKPT_PREFIXES if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            raise UserError(f"checkpoint {spec!r} holds no weights under {list(CKPT_PREFIXES)}")
+        load_strict(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=spec,
+                    expected=set(model.export_state_dict()))
+    else:
+        raise UserError(f"model {spec!r} is neither a shipped model ({', '.join(SHIPPED)}), "
+                        "an exported folder nor a .ckpt file")
+    return model.to(map_location).eval()

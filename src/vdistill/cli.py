@@ -1,0 +1,92 @@
+"""The one entry point: ``vdistill {fit,validate,test,predict}`` (LightningCLI) and our own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from vdistill import registry
+from vdistill.errors import UserError
+
+
+class VDistillCLI(LightningCLI):
+    """LightningCLI in subclass mode: model and data are named by ``class_path`` (short class names work)."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+            **kwargs,
+        )
+
+
+def cmd_list(argv: list[str]) -> None:
+    for kind, rows in registry.components().items():
+        print(f"{kind}:")
+        width = max((len(n) for n, _ in rows), default=0)
+        for name, summary in rows:
+            print(f"  {name:<{width}}  {summary}")
+
+
+def cmd_sample(argv: list[str]) -> None:
+    from vdistill.sampling.command import run
+
+    run(argv)
+
+
+def explain_parse_error(err: argparse.ArgumentError) -> str:
+    """One line from jsonargparse's nested report: the bad component name with the valid choices, or the
+    innermost message."""
+    text = str(err)
+    bad = re.search(r"Expected a dot import path string: (\S+)", text)
+    key = re.search(r'Parser key "([^"]+)"', text)
+    where = f" for {key.group(1)!r}" if key else ""
+    if bad:
+        name = bad.group(1)
+        kinds = registry.components()
+        names = {n: kind for kind, rows in kinds.items() for n, _ in rows}
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+        kind = names[close[0]] if close else None
+        choices = [n for n, _ in kinds[kind]] if kind else sorted(names)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown component {name!r}{where}; valid choices: {', '.join(choices)}{hint}"
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
+    return lines[-1] if len(lines) == 1 else " ".join(lines[:3])
+
+
+def cmd_demo(argv: list[str]) -> None:
+    from vdistill.demo import run
+
+    run(argv)
+
+
+COMMANDS = {"list": cmd_list, "sample": cmd_sample, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] in COMMANDS:
+            COMMANDS[args[0]](args[1:])
+        else:
+            VDistillCLI(args=argv)
+    except argparse.ArgumentError as err:
+        print(f"vdistill: error: {explain_parse_error(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except UserError as err:
+        print(f"vdistill: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Datamodule of procedural toy videos with captions (drawn uniformly over the 48 captions)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vdistill.world.captions import all_captions
+from vdistill.world.render import WorldConfig, render
+
+
+class ToyVideoDataset(Dataset):
+    """Item ``i``: ``(video [T, 3, H, W] in [0, 1], caption)``, deterministic in ``(seed, i)``."""
+
+    def __init__(self, length: int, seed: int = 0, world: WorldConfig = WorldConfig()) -> None:
+        self.length, self.seed, self.world = length, seed, world
+        self.captions = all_captions()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        rng = np.random.default_rng([self.seed, i])
+        caption = self.captions[rng.integers(len(self.captions))]
+        return torch.from_numpy(render(caption, rng, self.world)), caption.text
+
+
+class ToyVideos(L.LightningDataModule):
+    """Toy-world training videos.
+
+    Args:
+        batch_size: videos per batch.
+        samples_per_epoch: length of one epoch (the world is infinite; this only paces epochs and logging).
+        num_frames, size: video size (defaults 8 frames of 16x16).
+        seed: data seed.
+        num_workers: DataLoader workers (rendering is cheap: 0 is fine on CPU).
+    """
+
+    def __init__(self, batch_size: int = 16, samples_per_epoch: int = 16_000, num_frames: int = 8, size: int = 16,
+                 seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.world = WorldConfig(num_frames=num_frames, size=size)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = ToyVideoDataset(self.hparams.samples_per_epoch, self.hparams.seed, self.world)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True, num_workers=self.hparams.num_workers,
+                          drop_last=True, persistent_workers=self.hparams.num_workers > 0)

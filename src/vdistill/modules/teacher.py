@@ -1,0 +1,71 @@
+"""Training a teacher from scratch (the toy world's teachers): the plain diffusion / flow-matching loss."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vdistill.backbones.base import Backbone
+from vdistill.config import to_config
+
+
+class TeacherTraining(L.LightningModule):
+    """Denoising loss in the backbone's own parameterisation: MSE between the raw prediction at a random time and
+    the matching target (``eps`` for DDPM-eps, ``v`` for DDPM-v, the velocity ``eps - x0`` for flow).
+
+    Args:
+        backbone: the model to train.
+        lr: AdamW peak learning rate (linear warm-up, then cosine decay to ``min_lr_ratio * lr``).
+        weight_decay: AdamW weight decay.
+        warmup_steps: warm-up length in optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        caption_dropout: probability of replacing a caption by the empty prompt (trains the unconditional
+            branch that classifier-free guidance needs).
+        train_text_encoder: train the text encoder jointly (the toy teacher's small encoder); real teachers keep
+            theirs frozen.
+    """
+
+    def __init__(self, backbone: Backbone, lr: float = 1.5e-3, weight_decay: float = 0.0, warmup_steps: int = 200,
+                 min_lr_ratio: float = 0.05, caption_dropout: float = 0.1, train_text_encoder: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        if train_text_encoder and getattr(backbone, "text_encoder", None) is not None:
+            backbone.text_encoder.requires_grad_(True)
+            backbone.text_encoder.train()
+
+    def training_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
+        videos, prompts = batch
+        b = videos.shape[0]
+        schedule = self.backbone.schedule
+        drop = torch.rand(b) < self.hparams.caption_dropout
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        x0 = self.backbone.encode_video(videos)
+        t = schedule.sample_training_timesteps(b).to(self.device)
+        noise = torch.randn_like(x0)
+        x_t = schedule.add_noise(x0, noise, t)
+        raw = self.backbone(x_t, t, self.backbone.encode_text(prompts))
+        loss = torch.nn.functional.mse_loss(raw.float(), schedule.from_x0_eps(x0, noise, t).float())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vdistill_backbone"] = to_config(self.backbone)

@@ -1,0 +1,115 @@
+"""Tiny random teachers saved in the official diffusers folder layout (built once per session, offline).
+
+The networks keep the real classes and the real down-sampling structure (8x spatial VAEs, Wan's 4x temporal
+compression) with a few channels each, so the backbones see the same config keys as the released models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = "a an the cat dog red blue ball runs jumps on over grass sky".split()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def clip_tokenizer(folder: Path):
+    """A CLIP BPE tokenizer over single letters (vocab.json + merges.txt are all ``CLIPTokenizer`` needs)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    _write_json(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def t5_tokenizer(folder: Path):
+    """A word-level tokenizer with T5's conventions (pad id 0, ``</s>`` appended), loadable by AutoTokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", *WORDS]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+@pytest.fixture(scope="session")
+def modelscope_dir(tmp_path_factory) -> Path:
+    """``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` of a tiny random ModelScope T2V."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("modelscope")
+    torch.manual_seed(0)
+    UNet3DConditionModel(
+        in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+        sample_size=32,
+    ).save_pretrained(root / "vae")
+    tok = clip_tokenizer(root / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )).save_pretrained(root / "text_encoder")
+    _write_json(root / "scheduler" / "scheduler_config.json", {
+        "_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+        "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1,
+    })
+    _write_json(root / "model_index.json", {"_class_name": "TextToVideoSDPipeline"})
+    return root
+
+
+WAN_LATENTS_MEAN = [0.5, -0.25, 0.1, 1.0]
+WAN_LATENTS_STD = [2.0, 1.5, 0.5, 3.0]
+
+
+@pytest.fixture(scope="session")
+def wan_dir(tmp_path_factory) -> Path:
+    """``transformer/ vae/ text_encoder/ tokenizer/ scheduler/`` of a tiny random Wan2.1 T2V."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    root = tmp_path_factory.mktemp("wan")
+    torch.manual_seed(0)
+    WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64,
+    ).save_pretrained(root / "transformer")
+    AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=WAN_LATENTS_MEAN, latents_std=WAN_LATENTS_STD,
+    ).save_pretrained(root / "vae")
+    tok = t5_tokenizer(root / "tokenizer")
+    UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    )).save_pretrained(root / "text_encoder")
+    _write_json(root / "scheduler" / "scheduler_config.json", {
+        "_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0, "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True, "num_train_timesteps": 1000,
+    })
+    _write_json(root / "model_index.json", {"_class_name": "WanPipeline"})
+    return root
