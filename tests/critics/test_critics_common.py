@@ -88,3 +88,27 @@ def test_wrong_prompt_count_and_shape_are_user_errors(make_critic, name):
         critic(torch.rand(2, 1, 3, 28, 28), ["one"])
     with pytest.raises(UserError, match=r"\[B, T, 3, H, W\]"):
         critic(torch.rand(2, 3, 28, 28), PROMPTS)
+
+
+@pytest.mark.parametrize("name", ["hpsv2", "viclip", "internvideo2"])
+def test_grad_checkpointing_gives_the_same_gradient(make_critic, name):
+    critic = make_critic(name)
+    videos = torch.rand(2, critic.frames, 3, 28, 28, requires_grad=True)
+    critic(videos, PROMPTS).sum().backward()
+    grad = videos.grad.clone()
+    videos.grad = None
+    critic.set_grad_checkpointing(True)
+    critic(videos, PROMPTS).sum().backward()
+    torch.testing.assert_close(videos.grad, grad)
+
+
+def test_pickscore_has_no_grad_checkpointing(make_critic):
+    with pytest.raises(UserError, match="does not offer gradient checkpointing"):
+        make_critic("pickscore").set_grad_checkpointing(True)
+
+
+def test_image_critics_embed_one_frame_per_video(make_critic):
+    critic = make_critic("hpsv2", num_frames=2)
+    with pytest.raises(UserError, match="embed_video takes T = 1 frame, got T = 3"):
+        critic.embed_video(torch.rand(2, 3, 3, 28, 28))
+    assert critic.embed_frames(torch.rand(5, 3, 28, 28)).shape == (5, 16)

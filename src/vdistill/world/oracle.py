@@ -4,8 +4,8 @@ The toy world draws one hard-edged palette-coloured object on black (see ``rende
 processing recover what a caption says. The oracle is the toy stand-in for VBench-style semantic and quality scores:
 
 - **colour**: the mean colour of object pixels, normalised by its brightest channel, nearest palette colour;
-- **shape**: IoU of each frame's object mask with circle / square / triangle (apex up) templates fitted to the
-  mask's bounding box, averaged over frames, best template;
+- **shape**: IoU of each frame's object mask with circle / square / triangle (apex up) templates placed at the
+  mask's centroid and sized by its area (best of a few sizes), averaged over frames; the best shape wins;
 - **motion**: least-squares velocity of the mask's centroid; the larger component picks the axis, its sign the
   direction (y grows downwards); slower than ``MIN_TRAVEL`` frame sizes over the clip counts as no motion;
 - **quality** = cleanliness x steadiness: the fraction of pixels near black or near the predicted palette colour,
@@ -39,6 +39,8 @@ CV_FULL = 0.2
 CV_ZERO = 0.6
 # Template sub-samples per pixel side: a template pixel is inside when >= half its sub-samples are (as in render.py).
 _SS = 4
+# Half-extent search around the area-based estimate (see _best_template_iou).
+_R_SCALES = (0.9, 0.95, 1.0, 1.05, 1.1)
 # Frames per chunk when rasterising templates (bounds the temporary [chunk, H*SS, W*SS] tensors).
 _CHUNK = 1024
 
@@ -124,51 +126,69 @@ def _colour(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def _shape_iou(mask: Tensor, present: Tensor) -> Tensor:
-    """Mean IoU ``[B, len(SHAPES)]`` over frames showing the object, of the mask with moment-fitted templates."""
+    """Mean IoU ``[B, len(SHAPES)]`` over frames showing the object, of each frame's mask with its best template."""
     B, T, H, W = mask.shape
     flat = mask.reshape(B * T, H, W)
     idx = present.reshape(-1).nonzero().squeeze(1)
     iou = torch.zeros(B * T, len(SHAPES))
     for start in range(0, len(idx), _CHUNK):
         sel = idx[start : start + _CHUNK]
-        m = flat[sel]
-        templates = _templates(m)  # [n, S, H, W]
-        inter = (templates & m[:, None]).sum(dim=(-2, -1)).float()
-        union = (templates | m[:, None]).sum(dim=(-2, -1)).float()
-        iou[sel] = inter / union.clamp_min(1)
+        iou[sel] = _best_template_iou(flat[sel])
     iou = iou.reshape(B, T, -1) * present[..., None]
     return iou.sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
 
 
-def _templates(m: Tensor) -> Tensor:
-    """Boolean templates ``[n, len(SHAPES), H, W]`` with each mask's area and centroid (``m`` ``[n, H, W]``).
+def _best_template_iou(m: Tensor) -> Tensor:
+    """Best IoU ``[n, len(SHAPES)]`` of masks ``m`` ``[n, H, W]`` (non-empty) with fitted templates of each shape.
 
-    A bounding-box fit fails on the smallest triangles (4-5 px, blob-like once rasterised); matching the area and
-    the centroid instead fits each template as ``render.shape_mask`` would draw it.
+    Templates are placed by the mask's centroid and sized by its area (circle pi r^2, square 4 r^2, triangle 2 r^2),
+    then the half-extent is searched over ``_R_SCALES``: rasterisation loses or adds whole boundary pixels (a small
+    square can lose all four corners), so the area alone misjudges r. A bounding-box fit fails on the smallest
+    triangles, which rasterise to 4-5 px blobs.
     """
     n, H, W = m.shape
     mf = m.float()
     area = mf.sum(dim=(1, 2))
     mx = (mf.sum(dim=1) * (torch.arange(W) + 0.5)).sum(dim=-1) / area  # [n]
     my = (mf.sum(dim=2) * (torch.arange(H) + 0.5)).sum(dim=-1) / area
-    sx = (torch.arange(W * _SS) + 0.5) / _SS
-    sy = (torch.arange(H * _SS) + 0.5) / _SS
-    x = (sx[None] - mx[:, None])[:, None, :]  # [n, 1, W*SS], relative to the centroid
-    y = (sy[None] - my[:, None])[:, :, None]  # [n, H*SS, 1]
-    cover = []
+    scales = torch.tensor(_R_SCALES)
+    best = []
     for shape in SHAPES:
-        # Half-extent r from the area (circle pi r^2, square 4 r^2, triangle 2 r^2).
-        r = (area / _AREA_PER_R2[shape]).sqrt()[:, None, None]
-        if shape == "circle":
-            inside = x**2 + y**2 <= r**2
-        elif shape == "square":
-            inside = (x.abs() <= r) & (y.abs() <= r)
-        else:
-            # The triangle's centroid lies r/3 below its box centre; apex at yc - r, base of width 2r at yc + r.
-            yc = y + r / 3
-            inside = (yc >= -r) & (yc <= r) & (x.abs() <= (yc + r) / 2)
-        cover.append(inside.reshape(n, H, _SS, W, _SS).float().mean(dim=(2, 4)) >= 0.5)
-    return torch.stack(cover, dim=1)
+        r = (area / _AREA_PER_R2[shape]).sqrt()[:, None] * scales  # [n, K]
+        # A triangle's centroid lies r/3 below the centre of its box.
+        cy = (my[:, None] - (r / 3 if shape == "triangle" else 0)).expand_as(r)
+        templates = rasterise(shape, mx[:, None].expand_as(r), cy, r, H, W)  # [n, K, H, W]
+        inter = (templates & m[:, None]).sum(dim=(-2, -1))
+        union = (templates | m[:, None]).sum(dim=(-2, -1))
+        best.append((inter / union.clamp_min(1)).amax(dim=1))
+    return torch.stack(best, dim=1)
+
+
+def rasterise(shape: str, cx: Tensor, cy: Tensor, r: Tensor, H: int, W: int) -> Tensor:
+    """Boolean masks ``[*batch, H, W]`` of shapes of half-extent ``r`` centred at ``(cx, cy)`` (each ``[*batch]``).
+
+    Pixel for pixel what ``render.shape_mask`` draws (a pixel is inside when >= half of its ``_SS x _SS``
+    sub-samples are), computed row by row: every shape cuts a sub-sample row in one interval ``[a, b]``, so a
+    pixel's count is an interval overlap rather than ``_SS^2`` point tests.
+    """
+    y = (torch.arange(H * _SS) + 0.5) / _SS - cy[..., None]  # [*batch, H*SS]
+    r = r[..., None]
+    inside_rows = y.abs() <= r
+    if shape == "circle":
+        half = (r**2 - y**2).clamp_min(0).sqrt()
+    elif shape == "square":
+        half = r.expand_as(y)
+    elif shape == "triangle":
+        half = (y + r) / 2  # apex up: width 0 at y = -r, 2r at the base y = +r
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    # Sub-sample columns m (at x = (m + 0.5) / SS) inside the row's interval: lo <= m <= hi.
+    lo = torch.ceil((cx[..., None] - half) * _SS - 0.5)
+    hi = torch.where(inside_rows, torch.floor((cx[..., None] + half) * _SS - 0.5), lo - 1)
+    first = torch.arange(W) * _SS  # first sub-sample column of each pixel
+    count = (torch.minimum(hi[..., None], first + _SS - 1) - torch.maximum(lo[..., None], first) + 1).clamp_min(0)
+    count = count.reshape(*count.shape[:-2], H, _SS, W).sum(dim=-2)  # [*batch, H, W] sub-samples inside
+    return count * 2 >= _SS * _SS
 
 
 def _motion(mask: Tensor, present: Tensor, area: Tensor, size: int) -> Tensor:

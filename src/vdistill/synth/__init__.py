@@ -1,0 +1,15 @@
+"""AccVideo's synthetic trajectory dataset ("SynVid"): write the teacher's key points, read them lazily.
+
+* :func:`synthesize`: prompts -> shards of key latents + text conditioning (resumable, split by rank),
+* :class:`TrajectoryDataset` / :class:`TrajectoryData`: lazy memory-mapped reading, batching,
+* :mod:`vdistill.synth.shards`: the file format (atomic writes, manifests, :func:`merge`, :func:`verify`).
+"""
+
+from __future__ import annotations
+
+from vdistill.synth.dataset import TrajectoryData, TrajectoryDataset, check_teacher, collate
+from vdistill.synth.shards import load_manifest, merge, read_shard, verify, write_shard
+from vdistill.synth.writer import ACCVIDEO_KEY_INDICES, synthesize
+
+__all__ = ["ACCVIDEO_KEY_INDICES", "TrajectoryData", "TrajectoryDataset", "check_teacher", "collate",
+           "load_manifest", "merge", "read_shard", "synthesize", "verify", "write_shard"]

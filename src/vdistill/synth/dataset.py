@@ -1,0 +1,157 @@
+"""Reading a synthetic trajectory dataset lazily: one memory-mapped shard opened per request, one row read.
+
+Construction reads the manifests only; ``dataset[i]`` opens the shard holding sample ``i`` (``safe_open``,
+memory-mapped, a few kept open) and reads that sample's row of each tensor, so a 110K-sample SynVid (~4 TB) is
+never loaded whole.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vdistill.backbones.base import Backbone
+from vdistill.errors import UserError
+from vdistill.synth.shards import check_shard, load_manifest, open_shard, settings_diff
+
+
+def check_teacher(manifest: dict, teacher: Backbone, root: str | Path = "dataset") -> None:
+    """Refuse data made by a teacher with another schedule or latent shape than ``teacher``."""
+    s = manifest["settings"]
+    mine = {"schedule": teacher.schedule.describe(), "latent_shape": list(teacher.latent_shape(*s["video_size"]))}
+    diff = settings_diff({k: s[k] for k in mine}, json.loads(json.dumps(mine)))
+    if diff:
+        raise UserError(f"trajectories in {str(root)!r} were made by a teacher that does not match this one: "
+                        + "; ".join(d.replace("(now)", "(this teacher)") for d in diff))
+
+
+class TrajectoryDataset(Dataset):
+    """Key points of teacher trajectories, one item per prompt.
+
+    Args:
+        root: dataset folder written by :func:`~vdistill.synth.writer.synthesize`.
+        teacher: when given, the manifest must match its schedule and latent shape.
+        dtype: cast float tensors to this dtype (e.g. ``torch.float32``); None keeps the stored one (bf16).
+        allow_partial: read an unfinished dataset (only its completed shards) instead of refusing it.
+        max_open: shards kept open at once (least recently used are closed).
+
+    Item ``i``: ``{"latents": [K, C, T, H, W], "text": {key: [...]}, "timesteps": [K] (float32 schedule times,
+    noisiest first), "prompt": str, "seed": int, "index": int}``.
+    """
+
+    def __init__(self, root: str | Path, teacher: Backbone | None = None, dtype: torch.dtype | None = None,
+                 allow_partial: bool = False, max_open: int = 8) -> None:
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        if not self.manifest["complete"] and not allow_partial:
+            raise UserError(f"{str(self.root)!r} is unfinished ({len(self.manifest['shards'])} of "
+                            f"{self.manifest['num_shards']} shards); rerun the synthesis command to finish it "
+                            "(or pass allow_partial=True)")
+        if teacher is not None:
+            check_teacher(self.manifest, teacher, self.root)
+        self.settings = self.manifest["settings"]
+        self.shards = self.manifest["shards"]
+        self.offsets = [0]
+        for e in self.shards:
+            self.offsets.append(self.offsets[-1] + e["count"])
+        self.timesteps = torch.tensor(self.settings["key_timesteps"], dtype=torch.float32)
+        self.dtype = dtype
+        self.max_open = max_open
+        self._open: OrderedDict[int, tuple[object, list[str]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getstate__(self) -> dict:  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def _shard(self, k: int) -> tuple[object, list[str]]:
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        entry = self.shards[k]
+        path = self.root / entry["file"]
+        check_shard(path, entry, self.settings)
+        handle = open_shard(path)
+        prompts = json.loads(handle.metadata()["prompts"])
+        self._open[k] = (handle, prompts)
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return handle, prompts
+
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype) if self.dtype is not None and x.is_floating_point() else x
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} is out of range for {len(self)} samples")
+        i %= len(self)
+        k = bisect.bisect_right(self.offsets, i) - 1
+        handle, prompts = self._shard(k)
+        j = i - self.offsets[k]
+        row = {key: handle.get_slice(key)[j: j + 1][0] for key in handle.keys()}
+        return {
+            "latents": self._cast(row["latents"]),
+            "text": {key[5:]: self._cast(v) for key, v in row.items() if key.startswith("text.")},
+            "timesteps": self.timesteps.clone(),
+            "prompt": prompts[j],
+            "seed": int(row["seeds"]),
+            "index": int(row["index"]),
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items: ``latents`` ``[B, K, C, T, H, W]``, ``text`` ``{key: [B, ...]}``, ``timesteps`` ``[B, K]``,
+    ``prompt`` ``list[str]``, ``seed`` and ``index`` int64 ``[B]``."""
+    return {
+        "latents": torch.stack([it["latents"] for it in items]),
+        "text": {k: torch.stack([it["text"][k] for it in items]) for k in items[0]["text"]},
+        "timesteps": torch.stack([it["timesteps"] for it in items]),
+        "prompt": [it["prompt"] for it in items],
+        "seed": torch.tensor([it["seed"] for it in items], dtype=torch.int64),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+    }
+
+
+class TrajectoryData(L.LightningDataModule):
+    """Batches of synthetic trajectories (:func:`collate` form) for trajectory / adversarial distillation.
+
+    Args:
+        root: dataset folder written by ``synthesize``.
+        batch_size: samples per batch.
+        num_workers: DataLoader workers (each opens its own shards).
+        shuffle: shuffle samples each epoch.
+        dtype: ``float32``, ``bfloat16``, ... for float tensors; None keeps the stored dtype.
+    """
+
+    def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, shuffle: bool = True,
+                 dtype: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.dataset: TrajectoryDataset | None = None
+
+    def build(self, teacher: Backbone | None = None) -> TrajectoryDataset:
+        """Open the dataset (checked against ``teacher`` when given); ``setup`` calls it without one."""
+        name = self.hparams.dtype
+        dtype = None if name is None else getattr(torch, name, None)
+        if name is not None and not isinstance(dtype, torch.dtype):
+            raise UserError(f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or 'bfloat16'")
+        self.dataset = TrajectoryDataset(self.hparams.root, teacher, dtype=dtype)
+        return self.dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.build()
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset or self.build()
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=self.hparams.shuffle, collate_fn=collate,
+                          num_workers=self.hparams.num_workers, drop_last=len(ds) >= self.hparams.batch_size,
+                          persistent_workers=self.hparams.num_workers > 0)
