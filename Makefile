@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean teachers teacher-table
 
 venv: $(STAMP)
 
@@ -20,6 +20,17 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vdistill demo --out runs/demo
+
+# Retrain the shipped toy teachers (CPU, ~1 h each on 2 cores) and copy the exports into the package.
+teachers: $(STAMP)
+	$(VENV)/bin/vdistill fit --config experiments/toy/teacher_flow.yaml
+	$(VENV)/bin/vdistill fit --config experiments/toy/teacher_ddpm.yaml
+	cp runs/toy/teacher_flow/export/* src/vdistill/assets/toy-flow/
+	cp runs/toy/teacher_ddpm/export/* src/vdistill/assets/toy-ddpm/
+
+# The README's teacher table: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
+teacher-table: $(STAMP)
+	$(VENV)/bin/vdistill demo --steps 50 8 4 2 1 --repeat 4 --out runs/toy/teachers
 
 clean:
 	rm -rf runs lightning_logs

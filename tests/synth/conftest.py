@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -11,6 +14,17 @@ from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
 KEYS = (0, 2, 4, 6)
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
            "a red square moving down", "a blue circle moving left"]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """For module fixtures, which run before the suite's one-thread fixture (and CPU bits depend on threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_teacher(schedule=None, seed: int = 0) -> ToyBackbone:

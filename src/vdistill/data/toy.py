@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vdistill.world.captions import all_captions
+from vdistill.world.captions import all_captions, toy_prompts
 from vdistill.world.render import WorldConfig, render
 
 
@@ -36,13 +36,27 @@ class ToyVideos(L.LightningDataModule):
         num_frames, size: video size (defaults 8 frames of 16x16).
         seed: data seed.
         num_workers: DataLoader workers (rendering is cheap: 0 is fine on CPU).
+        val_samples: videos in the fixed validation and test sets.
     """
 
     def __init__(self, batch_size: int = 16, samples_per_epoch: int = 16_000, num_frames: int = 8, size: int = 16,
-                 seed: int = 0, num_workers: int = 0) -> None:
+                 seed: int = 0, num_workers: int = 0, val_samples: int = 256) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.world = WorldConfig(num_frames=num_frames, size=size)
+
+    def _fixed(self, seed: int, n: int) -> DataLoader:
+        return DataLoader(ToyVideoDataset(n, seed, self.world), batch_size=self.hparams.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed(10_000 + self.hparams.seed, self.hparams.val_samples)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed(20_000 + self.hparams.seed, self.hparams.val_samples)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The 48 toy prompts (one video each from ``predict``)."""
+        return DataLoader(toy_prompts(), batch_size=self.hparams.batch_size, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         ds = ToyVideoDataset(self.hparams.samples_per_epoch, self.hparams.seed, self.world)

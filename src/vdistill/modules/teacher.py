@@ -37,20 +37,39 @@ class TeacherTraining(L.LightningModule):
             backbone.text_encoder.requires_grad_(True)
             backbone.text_encoder.train()
 
-    def training_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
-        videos, prompts = batch
-        b = videos.shape[0]
+    def denoising_loss(self, videos: Tensor, prompts: list[str], generator: torch.Generator | None = None) -> Tensor:
+        """MSE of the raw prediction for pixel videos ``[B, T, 3, H, W]`` at random times and noise."""
         schedule = self.backbone.schedule
-        drop = torch.rand(b) < self.hparams.caption_dropout
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         x0 = self.backbone.encode_video(videos)
-        t = schedule.sample_training_timesteps(b).to(self.device)
-        noise = torch.randn_like(x0)
+        t = schedule.sample_training_timesteps(x0.shape[0], generator).to(self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t = schedule.add_noise(x0, noise, t)
         raw = self.backbone(x_t, t, self.backbone.encode_text(prompts))
-        loss = torch.nn.functional.mse_loss(raw.float(), schedule.from_x0_eps(x0, noise, t).float())
+        return torch.nn.functional.mse_loss(raw.float(), schedule.from_x0_eps(x0, noise, t).float())
+
+    def training_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
+        videos, prompts = batch
+        drop = torch.rand(len(prompts)) < self.hparams.caption_dropout
+        loss = self.denoising_loss(videos, ["" if d else p for p, d in zip(prompts, drop.tolist())])
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def validation_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
+        # Fixed times and noise per batch: the validation loss is comparable across checkpoints.
+        loss = self.denoising_loss(*batch, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("val/loss", loss, prog_bar=True)
+        return loss
+
+    def test_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
+        loss = self.denoising_loss(*batch, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("test/loss", loss)
+        return loss
+
+    def predict_step(self, batch: list[str], batch_idx: int) -> Tensor:
+        """Videos ``[B, T, 3, H, W]`` for a batch of prompts, with the backbone's own steps and CFG."""
+        from vdistill.sampling.generate import generate
+
+        return generate(self.backbone, list(batch), seed=batch_idx * len(batch), progress=False).videos
 
     def configure_optimizers(self):
         params = [p for p in self.backbone.parameters() if p.requires_grad]

@@ -9,13 +9,14 @@ A dataset folder holds
   - ``text.<key>`` ``[n, ...]``: each tensor of the teacher's text conditioning,
   - ``seeds`` int64 ``[n]`` (noise seed) and ``index`` int64 ``[n]`` (position in the prompt list),
 
-  and the metadata ``{"format", "shard", "prompts"}`` (``prompts``: the JSON list of the shard's prompts);
+  and the metadata ``{"prompts": <JSON list of the shard's prompts>}`` (one key: safetensors writes metadata
+  keys in hash order, so only a single key keeps the file bytes a deterministic function of its content);
 * ``manifest-r{rank}.json``: what rank ``rank`` wrote (settings + one entry per completed shard);
 * ``manifest.json``: the union of the parts (:func:`merge`); readers union all of them anyway, so a stale
   ``manifest.json`` never hides a shard.
 
-Every file is written to ``<name>.<random>.tmp`` in the same folder, fsynced, then renamed over ``<name>``: a crash leaves
-the old file or the new one, never half of one.
+Every file is written to ``<name>.<random>.tmp`` in the same folder, fsynced, then renamed over ``<name>``: a
+crash leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
 
 
 def write_shard(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
-    """Write ``tensors`` (stored exactly, dtype included) atomically; returns ``{"sha256", "bytes"}``."""
+    """Write ``tensors`` (stored exactly, dtype included) atomically; returns ``{"sha256", "bytes"}``.
+
+    The bytes are a deterministic function of ``tensors`` and ``metadata`` only when ``metadata`` has at most
+    one key (safetensors writes metadata keys in hash order).
+    """
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

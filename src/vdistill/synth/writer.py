@@ -11,7 +11,8 @@ function of those prompts and the settings, so a rerun of the same command skips
 (after checking their size and header), regenerates the ones that are missing or unlisted (a crash between
 writing a shard and listing it), and discards stray temp files. Rank ``r`` of ``world_size`` writes the shards
 ``s`` with ``s % world_size == r``; file names use the global shard index, so 1 or N processes write the same
-set of files (bit-identical for the same ``batch_size`` on deterministic kernels: batches never cross shards).
+set of files and the same ``manifest.json``: bit-identical for the same ``batch_size`` (batches never cross
+shards) on deterministic kernels (same device kind; on CPU the same thread count).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from vdistill.config import to_config
 from vdistill.diffusion.schedules import timesteps_at
 from vdistill.errors import UserError
 from vdistill.sampling.sampler import initial_noise, sample_latents
-from vdistill.synth.shards import (FORMAT, MANIFEST, TMP, build_manifest, check_settings, check_shard,
+from vdistill.synth.shards import (MANIFEST, TMP, build_manifest, check_settings, check_shard,
                                    atomic_write_json, jsonable, merge, part_name, read_manifests, shard_name,
                                    union_entries, write_shard)
 
@@ -202,8 +203,7 @@ def synthesize(
                 lo, hi = s * shard_size, min((s + 1) * shard_size, len(prompts))
                 tensors = _make_shard(model, prompts, lo, hi, settings, batch_size, uncond,
                                       lambda n: bar.advance(task, n))
-                meta = {"format": FORMAT, "shard": str(s), "prompts": json.dumps(list(prompts[lo:hi]))}
-                info = write_shard(out / shard_name(s), tensors, meta)
+                info = write_shard(out / shard_name(s), tensors, {"prompts": json.dumps(list(prompts[lo:hi]))})
                 own[s] = {"index": s, "file": shard_name(s), "start": lo, "count": hi - lo, **info}
                 write_part()
     finally:
