@@ -10,7 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from vdistill.backbones.io import SHIPPED, load_backbone
 from vdistill.sampling.command import write_outputs
 from vdistill.sampling.generate import generate

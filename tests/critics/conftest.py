@@ -5,21 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from critic_files import BERT_WORDS, critic_options, write_official
 from open_clip.tokenizer import bytes_to_unicode
 from transformers import CLIPTokenizer
 
 from vdistill.critics import load_critic
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread start-up dominates and oversubscribes shared CPUs; restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

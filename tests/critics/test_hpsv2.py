@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import open_clip
 import torch
+from critic_files import write_official
 
 from vdistill.critics import load_critic
 from vdistill.critics.hpsv2 import HPSV2_SIZES
 from vdistill.critics.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-from critic_files import write_official
 
 PROMPTS = ["a red car drives slowly", "the dog runs on the beach"]
 

@@ -45,8 +45,8 @@ def official_vision_forward(m, video, heads, pool_heads, pos):
     """PretrainInternVideo2.forward with the non-flash path (_naive_attn) and AttentionPoolingBlock."""
     x = m.patch_embed.proj(video)
     x = x.flatten(3).permute(0, 2, 3, 1)
-    b, t, l, c = x.shape
-    x = torch.cat([m.cls_token.expand(b, -1, -1), x.reshape(b, t * l, c)], dim=1) + pos
+    b, t, n, c = x.shape
+    x = torch.cat([m.cls_token.expand(b, -1, -1), x.reshape(b, t * n, c)], dim=1) + pos
     for blk in m.blocks:
         h = blk.norm1(x)
         qkv = blk.attn.qkv(h).reshape(b, -1, 3, heads, c // heads).permute(2, 0, 3, 1, 4)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from vdistill.critics import load_critic
 from vdistill.critics.preprocess import IMAGENET_MEAN, OPENAI_CLIP_MEAN
 from vdistill.critics.viclip import VICLIP_SIZES, ViCLIP
 

@@ -175,7 +175,7 @@ class Backbone(RecordsInit, nn.Module, ABC):
             m.requires_grad_(False)
             m.eval()
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for m in self.frozen_parts():  # the frozen encoders stay in eval mode (no dropout)
             if not any(p.requires_grad for p in m.parameters()):

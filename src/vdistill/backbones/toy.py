@@ -160,7 +160,7 @@ class ToyUNet(nn.Module):
                 h = FactorisedResBlock._frames(h, lambda f: F.avg_pool2d(f, 2))
         for block in self.mid:
             h = block(h, emb)
-        for i, block in enumerate(self.up):
+        for block in self.up:
             skip = skips.pop()
             if h.shape[-1] != skip.shape[-1]:
                 h = FactorisedResBlock._frames(h, lambda f: F.interpolate(f, scale_factor=2, mode="nearest"))

@@ -42,8 +42,8 @@ from vdistill.critics.base import Critic
 from vdistill.critics.checkpoint import load_strict, read_checkpoint, require_path
 from vdistill.critics.layers import resample_temporal
 from vdistill.critics.preprocess import normalize, resize_shortest_and_center_crop, resolve_normalization
-from vdistill.critics.registry import register_critic
-from vdistill.errors import UserError, unknown_choice
+from vdistill.critics.registry import register_critic, resolve_size
+from vdistill.errors import UserError
 
 IGNORED_PREFIXES = (
     "vision_encoder.clip_decoder.", "vision_encoder.final_clip_decoder.",
@@ -277,14 +277,6 @@ def ignored_key(key: str, text_layers: int) -> bool:
     return False
 
 
-def _resolve(size: str | InternVideo2Config) -> InternVideo2Config:
-    if isinstance(size, InternVideo2Config):
-        return size
-    if size not in INTERNVIDEO2_SIZES:
-        raise unknown_choice("internvideo2 size", size, INTERNVIDEO2_SIZES)
-    return INTERNVIDEO2_SIZES[size]
-
-
 @register_critic("internvideo2")
 def load_internvideo2(checkpoint: str | Path | None = None, tokenizer: str | Path | PreTrainedTokenizerBase |
                       None = None, size: str | InternVideo2Config = "full", num_frames: int | None = None,
@@ -298,7 +290,7 @@ def load_internvideo2(checkpoint: str | Path | None = None, tokenizer: str | Pat
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         tokenizer = BertTokenizer.from_pretrained(require_path(tokenizer, "InternVideo2 tokenizer folder"),
                                                   local_files_only=True)
-    cfg = _resolve(size)
+    cfg = resolve_size("internvideo2", size, INTERNVIDEO2_SIZES)
     model = InternVideo2Stage2(cfg)
     if checkpoint is not None:
         state = read_checkpoint(checkpoint, "module", "InternVideo2", trust_checkpoint)

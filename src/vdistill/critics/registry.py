@@ -46,3 +46,12 @@ def load_critic(name: str, checkpoint: str | Path | None = None, **kwargs: Any) 
             valid = ", ".join(k for k in params if k != "checkpoint")
             raise UserError(f"critic {name!r} got unknown options {unknown}; valid options: {valid}")
     return builder(checkpoint=checkpoint, **kwargs).freeze()
+
+
+def resolve_size(critic: str, size: Any, sizes: dict[str, Any]) -> Any:
+    """A named size (``"full"``, ``"tiny"``) from ``sizes``, or ``size`` itself when it is already a config."""
+    if not isinstance(size, str):
+        return size
+    if size not in sizes:
+        raise UserError(f"unknown {critic} size {size!r}; valid choices: {', '.join(sizes)}")
+    return sizes[size]

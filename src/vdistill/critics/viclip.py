@@ -33,8 +33,7 @@ from vdistill.critics.base import Critic
 from vdistill.critics.checkpoint import load_strict, read_checkpoint
 from vdistill.critics.layers import resample_temporal
 from vdistill.critics.preprocess import normalize, resize_shortest_and_center_crop, resolve_normalization
-from vdistill.critics.registry import register_critic
-from vdistill.errors import unknown_choice
+from vdistill.critics.registry import register_critic, resolve_size
 
 
 @dataclass(frozen=True)
@@ -141,20 +140,12 @@ class ViCLIPCritic(Critic):
         self.model.vision_encoder.transformer.grad_checkpointing = enable
 
 
-def _resolve(size: str | ViCLIPConfig) -> ViCLIPConfig:
-    if isinstance(size, ViCLIPConfig):
-        return size
-    if size not in VICLIP_SIZES:
-        raise unknown_choice("viclip size", size, VICLIP_SIZES)
-    return VICLIP_SIZES[size]
-
-
 @register_critic("viclip")
 def load_viclip(checkpoint: str | Path | None = None, size: str | ViCLIPConfig = "full",
                 num_frames: int | None = None, normalization: str | tuple = "imagenet",
                 trust_checkpoint: bool = False) -> ViCLIPCritic:
     """``load_critic("viclip", checkpoint="ViClip-InternVid-10M-FLT.pth")``."""
-    cfg = _resolve(size)
+    cfg = resolve_size("viclip", size, VICLIP_SIZES)
     model = ViCLIP(cfg)
     if checkpoint is not None:
         state = read_checkpoint(checkpoint, "model", "ViCLIP", trust_checkpoint)

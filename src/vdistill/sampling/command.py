@@ -7,8 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import torch
-
 from vdistill.backbones.io import SHIPPED, load_backbone
 from vdistill.data.prompts import load_prompts
 from vdistill.sampling.generate import Generated, generate

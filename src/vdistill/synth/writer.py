@@ -35,9 +35,21 @@ from vdistill.config import to_config
 from vdistill.diffusion.schedules import timesteps_at
 from vdistill.errors import UserError
 from vdistill.sampling.sampler import initial_noise, sample_latents
-from vdistill.synth.shards import (MANIFEST, TMP, build_manifest, check_settings, check_shard,
-                                   atomic_write_json, jsonable, merge, part_name, read_manifests, shard_name,
-                                   union_entries, write_shard)
+from vdistill.synth.shards import (
+    MANIFEST,
+    TMP,
+    atomic_write_json,
+    build_manifest,
+    check_settings,
+    check_shard,
+    jsonable,
+    merge,
+    part_name,
+    read_manifests,
+    shard_name,
+    union_entries,
+    write_shard,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ACCVIDEO_KEY_INDICES = (0, 10, 20, 30, 40, 50)

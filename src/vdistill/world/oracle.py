@@ -1,13 +1,14 @@
 """Oracle metrics for toy videos, read from pixels alone: the object's colour, shape and motion, and a quality score.
 
-The toy world draws one hard-edged palette-coloured object on black (see ``render.py``), so a few lines of image
-processing recover what a caption says. The oracle is the toy stand-in for VBench-style semantic and quality scores:
+The toy world draws one hard-edged palette-coloured object on black (see ``render.py``), so a little image
+processing recovers what a caption says. The oracle is the toy stand-in for VBench-style semantic and quality scores:
 
-- **colour**: the mean colour of object pixels, normalised by its brightest channel, nearest palette colour;
-- **shape**: IoU of each frame's object mask with circle / square / triangle (apex up) templates placed at the
-  mask's centroid and sized by its area (best of a few sizes), averaged over frames; the best shape wins;
+- **colour**: the mean colour of object pixels, divided by its brightest channel, nearest palette colour;
+- **shape**: per frame, the best IoU of the object mask with a circle / square / triangle (apex up) template drawn
+  as ``render.shape_mask`` draws it, anchored at the mask's centroid, over every size; averaged over frames, the
+  best shape wins (ties: see ``_shape``);
 - **motion**: least-squares velocity of the mask's centroid; the larger component picks the axis, its sign the
-  direction (y grows downwards); slower than ``MIN_TRAVEL`` frame sizes over the clip counts as no motion;
+  direction (y grows downwards); less than ``MIN_TRAVEL`` frame sizes over the clip counts as no motion;
 - **quality** = cleanliness x steadiness: the fraction of pixels near black or near the predicted palette colour,
   times a score for how steady the object's area stays over frames. A product, so that noise (steady but dirty)
   and a flickering clean object both score low.
@@ -15,9 +16,9 @@ processing recover what a caption says. The oracle is the toy stand-in for VBenc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,16 +38,14 @@ CLEAN_TOLERANCE = 0.25
 CV_FULL = 0.2
 # ... falling linearly to zero here.
 CV_ZERO = 0.6
-# Template sub-samples per pixel side: a template pixel is inside when >= half its sub-samples are (as in render.py).
+
+# Sub-samples per pixel side, as in render.py: a template pixel is drawn when >= half of its sub-samples are inside.
 _SS = 4
-# Half-extent search around the area-based estimate (see _best_template_iou).
-_R_SCALES = (0.9, 0.95, 1.0, 1.05, 1.1)
-# Frames per chunk when rasterising templates (bounds the temporary [chunk, H*SS, W*SS] tensors).
+# Frames per chunk in the shape fit (bounds the [chunk, H * W, SS^2] threshold array: 16 MB at 16 x 16).
 _CHUNK = 1024
 
 _PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = torch.tensor([COLOURS[c] for c in _PALETTE_NAMES], dtype=torch.float32)  # [4, 3]
-_AREA_PER_R2 = {"circle": math.pi, "square": 4.0, "triangle": 2.0}  # area / half-extent^2
 _MOTION_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "down", (1, -1): "up"}  # (axis, sign) -> name
 
 
@@ -86,28 +85,28 @@ def oracle_batch(videos: Tensor) -> list[OracleReading]:
     mask = x.amax(dim=2) > OBJECT_THRESHOLD  # [B, T, H, W]
     area = mask.sum(dim=(-2, -1)).float()  # [B, T]
     present = area >= MIN_AREA_FRACTION * H * W  # [B, T]
-    # "Missing in most frames" -> no reading; at least half the frames must show the object.
+    # "Missing in most frames" -> no reading: at least half the frames must show the object.
     found = present.sum(dim=1) * 2 >= T  # [B]
     mask = mask & present[..., None, None]
 
     colour_idx = _colour(x, mask)  # [B]
-    shape_iou = _shape_iou(mask, present)  # [B, 3]
-    motion = _motion(mask, present, area, size=max(H, W))  # [B, 2] (axis, sign), sign 0 = no motion
+    shape_idx = _shape(mask.numpy(), present.numpy())  # [B]
+    axis, sign = _motion(mask, present, area, size=max(H, W))  # [B] each; sign 0 = not moving
 
-    target = _PALETTE[colour_idx] * found[:, None]  # [B, 3]; black when no object
-    cleanliness = _cleanliness(x, target)  # [B]
-    steadiness = _steadiness(area)  # [B]
+    target = _PALETTE[colour_idx] * found[:, None]  # [B, 3]; black when there is no object
+    cleanliness = _cleanliness(x, target)
+    steadiness = _steadiness(area)
     quality = cleanliness * steadiness
 
     readings = []
     for b in range(B):
         ok = bool(found[b])
-        axis, sign = int(motion[b, 0]), int(motion[b, 1])
+        moving = ok and int(sign[b]) != 0
         readings.append(
             OracleReading(
                 colour=_PALETTE_NAMES[int(colour_idx[b])] if ok else None,
-                shape=SHAPES[int(shape_iou[b].argmax())] if ok else None,
-                motion=_MOTION_NAMES[(axis, sign)] if ok and sign != 0 else None,
+                shape=SHAPES[int(shape_idx[b])] if ok else None,
+                motion=_MOTION_NAMES[(int(axis[b]), int(sign[b]))] if moving else None,
                 quality=float(quality[b]),
                 cleanliness=float(cleanliness[b]),
                 steadiness=float(steadiness[b]),
@@ -125,90 +124,102 @@ def _colour(x: Tensor, mask: Tensor) -> Tensor:
     return torch.cdist(chroma, _PALETTE).argmin(dim=-1)
 
 
-def _shape_iou(mask: Tensor, present: Tensor) -> Tensor:
-    """Mean IoU ``[B, len(SHAPES)]`` over frames showing the object, of each frame's mask with its best template."""
+def _shape(mask: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Index into ``SHAPES`` ``[B]`` of the best-fitting shape (mask ``[B, T, H, W]``, present ``[B, T]`` bool).
+
+    At 16 px a rasterised square can lose its corners and match a circle pixel for pixel (~1.5% of toy videos tie
+    at IoU 1 in every frame). Ties go to the shape that fits over the wider range of sizes (log-width of the
+    best interval of r), an Occam factor: the mimic needs a finely tuned size, the true shape does not.
+    """
     B, T, H, W = mask.shape
-    flat = mask.reshape(B * T, H, W)
-    idx = present.reshape(-1).nonzero().squeeze(1)
-    iou = torch.zeros(B * T, len(SHAPES))
+    flat, keep = mask.reshape(B * T, H * W), present.reshape(-1)
+    idx = np.flatnonzero(keep)
+    iou = np.zeros((B * T, len(SHAPES)), np.float32)
+    width = np.zeros_like(iou)
     for start in range(0, len(idx), _CHUNK):
         sel = idx[start : start + _CHUNK]
-        iou[sel] = _best_template_iou(flat[sel])
-    iou = iou.reshape(B, T, -1) * present[..., None]
-    return iou.sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
+        iou[sel], width[sel] = _fit_templates(flat[sel], H, W)
+    weight = keep.reshape(B, T, 1).astype(np.float32)
+    count = np.maximum(weight.sum(axis=1), 1)
+    iou = (iou.reshape(B, T, -1) * weight).sum(axis=1) / count  # [B, S]
+    width = (width.reshape(B, T, -1) * weight).sum(axis=1) / count
+    tied = iou >= iou.max(axis=1, keepdims=True) - 1e-6
+    return np.where(tied, width, -np.inf).argmax(axis=1)
 
 
-def _best_template_iou(m: Tensor) -> Tensor:
-    """Best IoU ``[n, len(SHAPES)]`` of masks ``m`` ``[n, H, W]`` (non-empty) with fitted templates of each shape.
+def _fit_templates(m: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU ``[n, S]`` over sizes, and the log-width of the size interval attaining it, for masks ``[n, H*W]``.
 
-    Templates are placed by the mask's centroid and sized by its area (circle pi r^2, square 4 r^2, triangle 2 r^2),
-    then the half-extent is searched over ``_R_SCALES``: rasterisation loses or adds whole boundary pixels (a small
-    square can lose all four corners), so the area alone misjudges r. A bounding-box fit fails on the smallest
-    triangles, which rasterise to 4-5 px blobs.
+    Templates of one shape anchored at one point are nested in the half-extent r, so each pixel has the size at
+    which it is first drawn (``pixel_thresholds``). Sorting those sizes sweeps every distinct template at once:
+    after the k smallest, the template has k pixels, of which a cumulative sum says how many are in the mask.
     """
-    n, H, W = m.shape
-    mf = m.float()
-    area = mf.sum(dim=(1, 2))
-    mx = (mf.sum(dim=1) * (torch.arange(W) + 0.5)).sum(dim=-1) / area  # [n]
-    my = (mf.sum(dim=2) * (torch.arange(H) + 0.5)).sum(dim=-1) / area
-    scales = torch.tensor(_R_SCALES)
-    best = []
+    n = len(m)
+    mf = m.reshape(n, H, W).astype(np.float32)
+    area = mf.sum(axis=(1, 2))
+    cx = (mf.sum(axis=1) * (np.arange(W) + 0.5)).sum(axis=-1) / area
+    cy = (mf.sum(axis=2) * (np.arange(H) + 0.5)).sum(axis=-1) / area
+    k = np.arange(1, H * W + 1, dtype=np.float32)
+    ious, widths = [], []
     for shape in SHAPES:
-        r = (area / _AREA_PER_R2[shape]).sqrt()[:, None] * scales  # [n, K]
-        # A triangle's centroid lies r/3 below the centre of its box.
-        cy = (my[:, None] - (r / 3 if shape == "triangle" else 0)).expand_as(r)
-        templates = rasterise(shape, mx[:, None].expand_as(r), cy, r, H, W)  # [n, K, H, W]
-        inter = (templates & m[:, None]).sum(dim=(-2, -1))
-        union = (templates | m[:, None]).sum(dim=(-2, -1))
-        best.append((inter / union.clamp_min(1)).amax(dim=1))
-    return torch.stack(best, dim=1)
+        r = pixel_thresholds(shape, cx, cy, H, W)  # [n, H*W]
+        order = np.argsort(r, axis=1)
+        r = np.take_along_axis(r, order, axis=1)
+        inter = np.cumsum(np.take_along_axis(m, order, axis=1), axis=1, dtype=np.float32)
+        iou = inter / (area[:, None] + k - inter)
+        # A template exists only once all pixels sharing a threshold are drawn; the last one stays for 2x its size.
+        r_next = np.concatenate([r[:, 1:], 2 * r[:, -1:]], axis=1)
+        iou = np.where(r_next > r, iou, 0.0)
+        best = iou.argmax(axis=1)[:, None]
+        ious.append(np.take_along_axis(iou, best, axis=1)[:, 0])
+        lo, hi = np.take_along_axis(r, best, axis=1)[:, 0], np.take_along_axis(r_next, best, axis=1)[:, 0]
+        widths.append(np.log(np.maximum(hi, 1e-6) / np.maximum(lo, 1e-6)))
+    return np.stack(ious, axis=1), np.stack(widths, axis=1)
 
 
-def rasterise(shape: str, cx: Tensor, cy: Tensor, r: Tensor, H: int, W: int) -> Tensor:
-    """Boolean masks ``[*batch, H, W]`` of shapes of half-extent ``r`` centred at ``(cx, cy)`` (each ``[*batch]``).
+def pixel_thresholds(shape: str, cx: np.ndarray, cy: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Smallest half-extent r ``[n, H*W]`` at which each pixel is drawn, for templates anchored at ``(cx, cy)`` ``[n]``.
 
-    Pixel for pixel what ``render.shape_mask`` draws (a pixel is inside when >= half of its ``_SS x _SS``
-    sub-samples are), computed row by row: every shape cuts a sub-sample row in one interval ``[a, b]``, so a
-    pixel's count is an interval overlap rather than ``_SS^2`` point tests.
+    The anchor is the centre for circles and squares and the centroid for triangles (r/3 below the centre of
+    their box), so the pixels with threshold <= r are exactly ``render.shape_mask(shape, ...)`` with half-extent r.
+    A pixel is drawn once half (8 of 16) of its sub-samples are inside, so its threshold is their 8th smallest.
     """
-    y = (torch.arange(H * _SS) + 0.5) / _SS - cy[..., None]  # [*batch, H*SS]
-    r = r[..., None]
-    inside_rows = y.abs() <= r
+    n = len(cx)
+    sub = (np.arange(_SS, dtype=np.float32) + 0.5) / _SS
+    # Laid out [n, H, W, SS (y), SS (x)] so that each pixel's sub-samples are contiguous.
+    dx = ((np.arange(W, dtype=np.float32)[:, None] + sub)[None] - cx[:, None, None]).reshape(n, 1, W, 1, _SS)
+    dy = ((np.arange(H, dtype=np.float32)[:, None] + sub)[None] - cy[:, None, None]).reshape(n, H, 1, _SS, 1)
     if shape == "circle":
-        half = (r**2 - y**2).clamp_min(0).sqrt()
+        r = np.sqrt(dx**2 + dy**2)
     elif shape == "square":
-        half = r.expand_as(y)
+        r = np.maximum(np.abs(dx), np.abs(dy))
     elif shape == "triangle":
-        half = (y + r) / 2  # apex up: width 0 at y = -r, 2r at the base y = +r
+        # With the centre at cy - r/3: inside iff -r <= dy + r/3 <= r and |dx| <= (dy + r/3 + r) / 2; solved for r.
+        r = np.maximum(np.maximum(1.5 * dy, -0.75 * dy), 1.5 * np.abs(dx) - 0.75 * dy)
     else:
         raise ValueError(f"unknown shape {shape!r}")
-    # Sub-sample columns m (at x = (m + 0.5) / SS) inside the row's interval: lo <= m <= hi.
-    lo = torch.ceil((cx[..., None] - half) * _SS - 0.5)
-    hi = torch.where(inside_rows, torch.floor((cx[..., None] + half) * _SS - 0.5), lo - 1)
-    first = torch.arange(W) * _SS  # first sub-sample column of each pixel
-    count = (torch.minimum(hi[..., None], first + _SS - 1) - torch.maximum(lo[..., None], first) + 1).clamp_min(0)
-    count = count.reshape(*count.shape[:-2], H, _SS, W).sum(dim=-2)  # [*batch, H, W] sub-samples inside
-    return count * 2 >= _SS * _SS
+    half = _SS * _SS // 2
+    r = r.astype(np.float32).reshape(n, H * W, _SS * _SS)
+    return np.partition(r, half - 1, axis=-1)[..., half - 1]
 
 
-def _motion(mask: Tensor, present: Tensor, area: Tensor, size: int) -> Tensor:
-    """Direction ``[B, 2]`` as (axis 0 = x / 1 = y, sign in {-1, 0, 1}) of the centroid's least-squares velocity."""
+def _motion(mask: Tensor, present: Tensor, area: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Axis ``[B]`` (0 = x, 1 = y) and sign ``[B]`` in {-1, 0, 1} of the centroid's least-squares velocity."""
     B, T, H, W = mask.shape
     m = mask.float()
     a = area.clamp_min(1)
     cx = (m.sum(dim=2) * (torch.arange(W) + 0.5)).sum(dim=-1) / a  # [B, T]
     cy = (m.sum(dim=3) * (torch.arange(H) + 0.5)).sum(dim=-1) / a
     w = present.float()
-    t = torch.arange(T, dtype=torch.float32)[None].expand(B, T)
-    wsum = w.sum(dim=1, keepdim=True).clamp_min(1)
-    dt = (t - (w * t).sum(dim=1, keepdim=True) / wsum) * w  # centred times, zero on frames without the object
+    t = torch.arange(T, dtype=torch.float32).expand(B, T)
+    t_mean = (w * t).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)
+    dt = (t - t_mean) * w  # centred times, zero on frames without the object
     denom = (dt**2).sum(dim=1).clamp_min(1e-6)
-    vel = torch.stack([(dt * cx).sum(dim=1), (dt * cy).sum(dim=1)], dim=1) / denom[:, None]  # [B, 2] px/frame
+    vel = torch.stack([(dt * cx).sum(dim=1), (dt * cy).sum(dim=1)], dim=1) / denom[:, None]  # [B, 2] px / frame
     axis = (vel[:, 1].abs() > vel[:, 0].abs()).long()
     along = vel.gather(1, axis[:, None]).squeeze(1)
     moving = along.abs() * max(T - 1, 1) >= MIN_TRAVEL * size
-    sign = torch.sign(along).long() * moving
-    return torch.stack([axis, sign], dim=1)
+    return axis, torch.sign(along).long() * moving
 
 
 def _cleanliness(x: Tensor, target: Tensor) -> Tensor:
