@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    sys.argv = ["vdistill", *args]  # as if typed on the command line
     try:
-        main(args)
+        main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -97,7 +98,7 @@ model:
         steps: 3
 data:
   class_path: ToyVideos
-  init_args: {{batch_size: 4, samples_per_epoch: 16}}
+  init_args: {{batch_size: 4, samples_per_epoch: 16, val_samples: 4}}
 """
 
 
@@ -120,3 +121,13 @@ def test_fit_export_sample(tmp_path, capsys):
     bench = json.loads((tmp_path / "s" / "toybench.json").read_text())
     assert 0 <= bench["overall"]["semantic"] <= 1
     assert "semantic" in out and "ms per video" in out
+
+
+@pytest.mark.slow
+def test_validate_and_test_subcommands(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export"))
+    for sub in ("validate", "test"):
+        code, out, err = run_cli([sub, "--config", str(recipe), "--trainer.callbacks=[]"], capsys)
+        assert code == 0, err
+        assert f"{'val' if sub == 'validate' else 'test'}/loss" in out

@@ -15,7 +15,8 @@ stored as it is in safetensors shards and batched with :func:`cat_text`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,9 @@ class Backbone(RecordsInit, nn.Module, ABC):
     #: state-dict prefixes the constructor rebuilds from its own arguments (the frozen text encoder and VAE of a
     #: diffusers folder): exports leave them out.
     rebuilt_prefixes: tuple[str, ...] = ()
+    #: a distilled student's own sampling grid (its key timesteps, noisiest first, clean last; see
+    #: :meth:`set_key_timesteps`); ``None``: the schedule's grid for the requested number of steps.
+    key_timesteps: tuple[float, ...] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,6 +108,30 @@ class Backbone(RecordsInit, nn.Module, ABC):
     @abstractmethod
     def time_embedding(self) -> tuple[nn.Module, int]:
         """The module whose output ``[B, D]`` is the denoiser's timestep embedding, and ``D``."""
+
+    # -- features for a discriminator (the frozen teacher as feature extractor, AccVideo Sec. 4.3) ----------
+    def feature_blocks(self) -> list[nn.Module]:
+        """The denoiser's main blocks in data-flow order; a discriminator reads their outputs with hooks."""
+        raise UserError(f"{type(self).__name__} exposes no feature blocks, so it cannot serve as a discriminator's "
+                        "feature extractor (implement feature_blocks, feature_channels and feature_frames)")
+
+    def feature_channels(self) -> list[int]:
+        """Channels of each feature block's output (aligned with :meth:`feature_blocks`)."""
+        raise UserError(f"{type(self).__name__} does not report its feature channels")
+
+    def feature_frames(self, output: Tensor | tuple, latents: Tensor) -> Tensor:
+        """A feature block's output as per-frame maps ``[B, T', C, h, w]``, given the denoiser's input latents
+        ``[B, C, T, H, W]``. Default: blocks that return ``[B, C, T', h, w]`` (or a tuple starting with it)."""
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if out.ndim != 5:
+            raise NotImplementedError(f"{type(self).__name__}: cannot read a {out.ndim}-D block output as frames")
+        return out.transpose(1, 2)
+
+    def set_key_timesteps(self, timesteps: Sequence[float]) -> None:
+        """Make a distilled student sample along its key timesteps (``len - 1`` steps, noisiest first) without
+        classifier-free guidance by default: the teacher's guidance was distilled into it."""
+        self.key_timesteps = tuple(float(t) for t in timesteps)
+        self.defaults = replace(self.defaults, steps=len(self.key_timesteps) - 1, cfg=1.0)
 
     # -- shared behaviour -------------------------------------------------------------------------------
     def forward(self, latents: Tensor, t: Tensor, text: TextCond, guidance: Tensor | None = None) -> Tensor:

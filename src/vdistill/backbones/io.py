@@ -4,6 +4,10 @@ An exported folder holds ``backbone.yaml`` (``class_path`` + ``init_args``, see 
 ``model.safetensors`` (:meth:`Backbone.export_state_dict`: all weights but the frozen parts a diffusers backbone
 reloads from its own ``path``). A Lightning checkpoint written by a vdistill module carries the same
 config under the key ``vdistill_backbone`` and its weights under a prefix (``backbone.`` or ``student.``).
+
+Besides ``class_path`` + ``init_args`` the config may record what was added to the built model
+(:func:`backbone_record`): ``guidance_embedding`` (its width), ``key_timesteps`` (a distilled student's sampling
+grid) and ``lora`` (rank, alpha, targets of a LoRA student; it is merged into the weights after loading).
 """
 
 from __future__ import annotations
@@ -32,18 +36,39 @@ def save_backbone(model: Backbone, folder: str | Path) -> Path:
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(folder / "model.safetensors")
-    extra = {"guidance_embedding": model.guidance_proj.in_features} if model.has_guidance_embedding else {}
-    (folder / "backbone.yaml").write_text(yaml.safe_dump({**to_config(model), **extra}, sort_keys=False))
+    (folder / "backbone.yaml").write_text(yaml.safe_dump(backbone_record(model), sort_keys=False))
     return folder
 
 
+def backbone_record(model: Backbone) -> dict:
+    """``class_path`` + ``init_args`` and the additions :func:`build_from_config` replays (module docstring)."""
+    extra: dict = {}
+    if model.has_guidance_embedding:
+        extra["guidance_embedding"] = model.guidance_proj.in_features
+    if model.key_timesteps is not None:
+        extra["key_timesteps"] = list(model.key_timesteps)
+    lora = getattr(model.denoiser, "vdistill_lora", None)
+    if lora is not None:
+        extra["lora"] = dict(lora)
+    return {**to_config(model), **extra}
+
+
 def build_from_config(cfg: dict) -> Backbone:
+    cfg = dict(cfg)
     guidance_dim = cfg.pop("guidance_embedding", None)
+    key_timesteps = cfg.pop("key_timesteps", None)
+    lora = cfg.pop("lora", None)
     model = from_config(cfg)
     if not isinstance(model, Backbone):
         raise UserError(f"{cfg.get('class_path')!r} is not a Backbone")
+    if lora:
+        from vdistill.modules.student import apply_lora  # peft only for LoRA students
+
+        apply_lora(model, **lora)
     if guidance_dim:
         model.enable_guidance_embedding(guidance_dim)
+    if key_timesteps:
+        model.set_key_timesteps(key_timesteps)
     return model
 
 
@@ -72,4 +97,8 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu") ->
     else:
         raise UserError(f"model {spec!r} is neither a shipped model ({', '.join(SHIPPED)}), "
                         "an exported folder nor a .ckpt file")
+    if getattr(model.denoiser, "vdistill_lora", None) is not None:
+        from vdistill.modules.student import merge_lora  # a plain backbone samples faster than base + adapters
+
+        merge_lora(model)
     return model.to(map_location).eval()

@@ -104,6 +104,19 @@ class ModelScopeBackbone(Backbone):
         module = self.denoiser.time_embedding
         return module, module.linear_2.out_features
 
+    def feature_blocks(self) -> list[nn.Module]:
+        unet = self.denoiser
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    def feature_channels(self) -> list[int]:
+        return [block.resnets[-1].out_channels for block in self.feature_blocks()]
+
+    def feature_frames(self, output: Tensor | tuple, latents: Tensor) -> Tensor:
+        """The UNet runs on frames folded into the batch (``[B * T, C, h, w]``; down blocks also return their
+        skips): ``[B, T, C, h, w]``."""
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        return out.unflatten(0, (latents.shape[0], latents.shape[2]))
+
     # -- text ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> TextCond:

@@ -218,3 +218,6 @@ class ToyBackbone(Backbone):
 
     def feature_blocks(self) -> list[nn.Module]:
         return self.denoiser.blocks
+
+    def feature_channels(self) -> list[int]:
+        return [block.conv2.out_channels for block in self.denoiser.blocks]

@@ -106,6 +106,21 @@ class WanBackbone(Backbone):
         module = self.denoiser.condition_embedder.time_embedder
         return module, module.linear_2.out_features
 
+    def feature_blocks(self) -> list[nn.Module]:
+        return list(self.denoiser.blocks)
+
+    def feature_channels(self) -> list[int]:
+        cfg = self.denoiser.config
+        return [cfg.num_attention_heads * cfg.attention_head_dim] * len(self.denoiser.blocks)
+
+    def feature_frames(self, output: Tensor | tuple, latents: Tensor) -> Tensor:
+        """Block tokens ``[B, T' * h * w, D]`` (patches in (frame, row, column) order, as the patch embedding
+        flattens them) -> ``[B, T', D, h, w]``."""
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        p_t, p_h, p_w = self.denoiser.config.patch_size
+        b, _, t, h, w = latents.shape
+        return out.reshape(b, t // p_t, h // p_h, w // p_w, out.shape[-1]).permute(0, 1, 4, 2, 3)
+
     # -- text ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> TextCond:

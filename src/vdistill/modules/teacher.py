@@ -51,18 +51,18 @@ class TeacherTraining(L.LightningModule):
         videos, prompts = batch
         drop = torch.rand(len(prompts)) < self.hparams.caption_dropout
         loss = self.denoising_loss(videos, ["" if d else p for p, d in zip(prompts, drop.tolist())])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
         # Fixed times and noise per batch: the validation loss is comparable across checkpoints.
         loss = self.denoising_loss(*batch, generator=torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch[1]))
         return loss
 
     def test_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> Tensor:
         loss = self.denoising_loss(*batch, generator=torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", loss)
+        self.log("test/loss", loss, batch_size=len(batch[1]))
         return loss
 
     def predict_step(self, batch: list[str], batch_idx: int) -> Tensor:

@@ -53,8 +53,8 @@ def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str
 
 def run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    model = load_backbone(args.model, map_location=args.device)
     prompts = load_prompts(args.prompts, repeat=args.repeat)
+    model = load_backbone(args.model, map_location=args.device)
     steps = args.steps or model.defaults.steps
     cfg = model.defaults.cfg if args.cfg is None else args.cfg
     gen = generate(model, prompts, steps=steps, cfg=cfg, guidance=args.guidance, seed=args.seed,

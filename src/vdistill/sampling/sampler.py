@@ -39,12 +39,18 @@ def sample_latents(
     guidance: float | None = None,
     capture: Sequence[int] = (),
 ) -> SampleResult:
-    """Integrate from ``noise`` ``[B, C, T, H, W]`` along ``timesteps`` (default: the schedule's ``steps`` grid).
+    """Integrate from ``noise`` ``[B, C, T, H, W]`` along ``timesteps`` (default: the schedule's ``steps`` grid,
+    or a distilled student's ``key_timesteps`` when ``steps`` is its own step count).
 
     ``guidance`` feeds an embedded guidance scale (students with the LCM embedding); ``cfg`` > 1 with
     ``uncond`` runs classifier-free guidance as one batched forward per step.
     """
-    grid = model.schedule.sampling_timesteps(steps or model.defaults.steps) if timesteps is None else timesteps
+    if timesteps is None:
+        n = steps or model.defaults.steps
+        keys = model.key_timesteps  # a distilled student samples along its own key timesteps
+        timesteps = torch.tensor(keys) if keys is not None and n == len(keys) - 1 \
+            else model.schedule.sampling_timesteps(n)
+    grid = timesteps
     b = noise.shape[0]
     dev = noise.device
     dtype = next(model.denoiser.parameters()).dtype

@@ -1,0 +1,8 @@
+"""Distillation objectives: each takes a batch and the models and returns named loss terms (see ``base``)."""
+
+from vdistill.objectives.adversarial import AdversarialAlignment, FakeQueue
+from vdistill.objectives.base import Models, Objective, check_needs
+from vdistill.objectives.trajectory import TrajectoryGuidance, jump_coefficients, jump_target, key_point_predictions
+
+__all__ = ["AdversarialAlignment", "FakeQueue", "Models", "Objective", "TrajectoryGuidance", "check_needs",
+           "jump_coefficients", "jump_target", "key_point_predictions"]
