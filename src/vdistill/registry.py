@@ -15,12 +15,16 @@ from vdistill.backbones.base import Backbone
 from vdistill.callbacks import export  # noqa: F401
 from vdistill.data import toy as toy_data  # noqa: F401
 from vdistill.diffusion.schedules import NoiseSchedule
-from vdistill.modules import teacher  # noqa: F401
+from vdistill.modules import distill, teacher  # noqa: F401
+from vdistill.objectives import adversarial, trajectory  # noqa: F401
+from vdistill.objectives.base import Objective
+from vdistill.synth import dataset as synth_dataset  # noqa: F401
 
 KINDS: dict[str, type] = {
     "backbones (teachers / students)": Backbone,
     "schedules": NoiseSchedule,
     "modules (training recipes)": L.LightningModule,
+    "objectives": Objective,
     "datamodules": L.LightningDataModule,
     "callbacks": L.Callback,
 }

@@ -111,7 +111,10 @@ def load_lora_state_dict(model: Backbone, state: dict[str, Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     adapters = {k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")}
-    result = set_peft_model_state_dict(model.denoiser, adapters)
+    try:
+        result = set_peft_model_state_dict(model.denoiser, adapters)
+    except RuntimeError as err:  # torch's size-mismatch report (another rank or other targets)
+        raise UserError(f"adapter weights do not match this student: {str(err).splitlines()[-1].strip()}") from err
     unexpected = list(getattr(result, "unexpected_keys", []))
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if unexpected or missing:

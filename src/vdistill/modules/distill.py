@@ -1,0 +1,165 @@
+"""Few-step distillation: a frozen teacher, a student made from it and any mix of objectives, one optimizer.
+
+The AccVideo recipe is ``objectives: [TrajectoryGuidance, AdversarialAlignment]`` with a ``Discriminator`` on
+``TrajectoryData``. Every objective returns named loss terms; their weighted sum is the ONE loss of the step,
+optimised by ONE AdamW with a parameter group per trained part (student, discriminator heads). With automatic
+optimization and a single backward this runs unchanged under DDP, FSDP and DeepSpeed (which takes one
+optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.objectives.adversarial`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from vdistill.backbones.base import Backbone
+from vdistill.backbones.io import backbone_record, load_backbone
+from vdistill.errors import UserError
+from vdistill.modules.discriminator import Discriminator
+from vdistill.modules.student import StudentConfig, make_student
+from vdistill.objectives.base import Models, Objective, check_needs
+from vdistill.synth.dataset import TrajectoryDataset, check_teacher
+
+
+class Distillation(L.LightningModule):
+    """Distil a frozen teacher into a few-step student with weighted objectives (AccVideo, T2V-Turbo, ...).
+
+    Args:
+        teacher: the frozen teacher: a backbone config, or a name :func:`~vdistill.backbones.io.load_backbone`
+            resolves (a shipped model such as ``toy-flow``, an exported folder, a ``.ckpt``).
+        objectives: the objectives, each with its weight (e.g. ``TrajectoryGuidance``, ``AdversarialAlignment``).
+        student: how the student is made from the teacher (full copy or LoRA, guidance embedding).
+        discriminator: the discriminator an adversarial objective needs; its heads are built at ``setup`` once the
+            data's key timesteps are known.
+        lr: AdamW learning rate of the student (AccVideo: 5e-6 for a 13B full fine-tune).
+        disc_lr: AdamW learning rate of the discriminator heads.
+        weight_decay: AdamW weight decay of both groups.
+        betas: AdamW betas.
+        warmup_steps: linear learning-rate warm-up of both groups, in optimizer steps.
+        guidance: embedded guidance scale fed to a student with a guidance embedding (None: none).
+    """
+
+    def __init__(
+        self,
+        teacher: str | Backbone,
+        objectives: list[Objective],
+        student: StudentConfig = StudentConfig(),
+        discriminator: Discriminator | None = None,
+        lr: float = 5e-6,
+        disc_lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        guidance: float | None = None,
+    ) -> None:
+        super().__init__()
+        # plain values only: checkpoints stay loadable with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["teacher", "objectives", "student", "discriminator"])
+        self.hparams["student"] = asdict(student)
+        if not objectives:
+            raise UserError("model.objectives is empty: name at least one objective (e.g. TrajectoryGuidance)")
+        self.teacher = load_backbone(teacher) if isinstance(teacher, str) else teacher
+        self.teacher.requires_grad_(False).eval()
+        self.objectives = nn.ModuleList(objectives)
+        uses_disc = any("discriminator" in o.needs for o in objectives)
+        if discriminator is not None and not uses_disc:
+            rank_zero_warn("a discriminator is configured but no objective uses it: it is left out")
+            discriminator = None
+        self.discriminator = discriminator
+        # the data's needs ("trajectory") are checked in setup, when the datamodule is known
+        check_needs(objectives, self.models().available() | {"trajectory"})
+        self.student = make_student(self.teacher, **asdict(student))
+        self.key_timesteps: tuple[float, ...] | None = None
+        # the frozen teacher is rebuilt from the config, not saved: resuming must not ask for its weights
+        self.strict_loading = False
+
+    def models(self) -> Models:
+        """A fresh per-step bundle of the models (its cache shares the student's predictions between objectives)."""
+        return Models(student=getattr(self, "student", None), teacher=self.teacher,
+                      discriminator=self.discriminator, guidance=self.hparams.guidance)
+
+    # -- wiring to the data ------------------------------------------------------------------------------
+    def bind_key_timesteps(self, timesteps: list[float]) -> None:
+        """Adopt the data's key timesteps ``t_0 .. t_m`` (noisiest first): the student samples along them and the
+        discriminator gets one head per ``t_1 .. t_m``."""
+        times = tuple(float(t) for t in timesteps)
+        if len(times) < 2:
+            raise UserError(f"distillation needs at least 2 key points per trajectory, the data has {len(times)}")
+        if self.key_timesteps is not None and times != self.key_timesteps:
+            raise UserError(f"this run was built for key timesteps {list(self.key_timesteps)}, "
+                            f"the data has {list(times)}")
+        self.key_timesteps = times
+        self.student.set_key_timesteps(times)
+        if self.discriminator is not None:
+            self.discriminator.bind(self.teacher, times[1:])
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        dataset = getattr(dm, "dataset", None)
+        provides = set(getattr(dm, "provides", ()))
+        if isinstance(dataset, TrajectoryDataset):
+            provides.add("trajectory")
+        check_needs(self.objectives, self.models().available() | provides,
+                    where=f"(the data is {type(dm).__name__ if dm is not None else 'not a datamodule'})")
+        if isinstance(dataset, TrajectoryDataset):
+            check_teacher(dataset.manifest, self.teacher, dataset.root)
+            self.bind_key_timesteps(dataset.timesteps.tolist())
+
+    # -- training --------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distillation:
+        super().train(mode)
+        self.teacher.eval()  # frozen: never dropout / train-mode norms, whatever Lightning switches
+        return self
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        models = self.models()
+        total: Tensor | float = 0.0
+        logs: dict[str, Tensor] = {}
+        for obj in self.objectives:
+            out = obj(batch, models)
+            total = total + obj.total(out)
+            for key, value in out.items():
+                logs[f"loss/{key}" if key in obj.loss_terms else f"{obj.name}/{key}"] = value.detach()
+        logs["loss/total"] = total.detach()
+        bs = batch["latents"].shape[0]
+        self.log_dict(logs, batch_size=bs)
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
+        return total
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": hp.lr,
+                   "name": "student"}]
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters()), "lr": hp.disc_lr,
+                           "name": "discriminator"})
+        opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        if hp.warmup_steps <= 0:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _unsaved_prefixes(self) -> tuple[str, ...]:
+        """The frozen teacher and the student's frozen parts that its constructor reloads from its own path."""
+        return ("teacher.", *(f"student.{p}" for p in self.student.rebuilt_prefixes))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vdistill_backbone"] = backbone_record(self.student)
+        checkpoint["vdistill_key_timesteps"] = None if self.key_timesteps is None else list(self.key_timesteps)
+        drop = self._unsaved_prefixes()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(drop)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        times = checkpoint.get("vdistill_key_timesteps")
+        if times is not None and self.key_timesteps is None:  # load_from_checkpoint: no data to read them from
+            self.bind_key_timesteps(times)
+        drop = self._unsaved_prefixes()
+        missing = sorted(k for k in self.state_dict() if not k.startswith(drop) and k not in checkpoint["state_dict"])
+        if missing:
+            raise UserError(f"the checkpoint does not match this distillation run: missing {missing[:8]}"
+                            f"{' ...' if len(missing) > 8 else ''} ({len(missing)} keys)")

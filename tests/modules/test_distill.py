@@ -1,0 +1,178 @@
+"""The distillation module: one fit step per objective mix and teacher family, misconfigurations, exact resume
+(GAN queues included), checkpoints that ``load_backbone`` reads, and the toy AccVideo recipe through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from objective_helpers import tiny_toy
+
+from vdistill.backbones.io import load_backbone, save_backbone
+from vdistill.data.toy import ToyVideos
+from vdistill.errors import UserError
+from vdistill.modules.discriminator import Discriminator
+from vdistill.modules.distill import Distillation
+from vdistill.modules.student import StudentConfig
+from vdistill.objectives import AdversarialAlignment, TrajectoryGuidance
+from vdistill.synth import TrajectoryData, synthesize
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["a red circle moving left", "a blue square moving up"]
+KEYS = (0, 2, 4)
+MIXES = ["trajectory", "trajectory+adversarial"]
+
+
+def objectives(mix: str) -> list:
+    return [TrajectoryGuidance()] + ([AdversarialAlignment(queue_size=2)] if "adversarial" in mix else [])
+
+
+def make(teacher, mix: str, student: StudentConfig = StudentConfig()) -> Distillation:
+    disc = Discriminator(hidden=8) if "adversarial" in mix else None
+    return Distillation(teacher, objectives(mix), student=student, discriminator=disc, lr=1e-3, disc_lr=1e-3)
+
+
+def fit(model, root: Path, max_steps: int, ckpt_path=None) -> L.Trainer:
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=TrajectoryData(str(root), batch_size=2, shuffle=False), ckpt_path=ckpt_path)
+    return trainer
+
+
+def synth(teacher, out: Path, **size) -> Path:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the suite's one-thread fixture
+    try:
+        synthesize(teacher, PROMPTS, out, key_indices=KEYS, steps=4, dtype="float32", shard_size=2, batch_size=2,
+                   progress=False, **size)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """A tiny toy flow teacher exported to ``teacher/`` and its key points in ``data/``."""
+    root = tmp_path_factory.mktemp("toy")
+    teacher = tiny_toy()
+    save_backbone(teacher, root / "teacher")
+    synth(teacher, root / "data")
+    return root
+
+
+def params(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_fit_toy(toy, mix):
+    model = make(str(toy / "teacher"), mix)
+    teacher_before, student_before = params(model.teacher), params(model.student.denoiser)
+    trainer = fit(model, toy / "data", max_steps=2)
+    logged = set(trainer.callback_metrics)
+    assert {"loss/trajectory", "loss/total", "trajectory/k0", "trajectory/k1"} <= logged
+    grid = tiny_toy().schedule.sampling_timesteps(4)
+    assert model.key_timesteps == tuple(grid[list(KEYS)].tolist()) and model.student.defaults.steps == 2
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, params(model.teacher)))
+    assert not all(torch.equal(a, b) for a, b in zip(student_before, params(model.student.denoiser)))
+    if "adversarial" in mix:
+        assert {"loss/adv_g", "loss/adv_d", "adv/real_acc", "adv/fake_acc", "adv/real_logit"} <= logged
+        assert len(model.discriminator.heads) == 2 and model.objectives[1].queue.get(1)[0].shape[0] == 2
+        groups = trainer.optimizers[0].param_groups
+        assert len(trainer.optimizers) == 1 and [g["name"] for g in groups] == ["student", "discriminator"]
+    else:
+        assert model.discriminator is None and "loss/adv_g" not in logged
+
+
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("family", ["modelscope", "wan"])
+def test_fit_diffusers_teachers(family, mix, request, tmp_path_factory):
+    from vdistill.backbones.modelscope import ModelScopeBackbone
+    from vdistill.backbones.wan import WanBackbone
+
+    cls, size = (ModelScopeBackbone, 2) if family == "modelscope" else (WanBackbone, 5)
+    path = request.getfixturevalue(f"{family}_dir")
+    data = tmp_path_factory.getbasetemp() / f"{family}_synvid"
+    if not (data / "manifest.json").is_file():
+        synth(cls(str(path)), data, num_frames=size, height=32, width=32)
+    model = make(cls(str(path)), mix)
+    assert model.student.vae is model.teacher.vae  # shared, not copied
+    trainer = fit(model, data, max_steps=1)
+    assert "loss/trajectory" in trainer.callback_metrics
+    if "adversarial" in mix:
+        assert "loss/adv_d" in trainer.callback_metrics
+        assert trainer.callback_metrics["loss/adv_d"].isfinite()
+
+
+def test_misconfigurations_are_user_errors(toy):
+    with pytest.raises(UserError, match="AdversarialAlignment needs discriminator.*model.discriminator"):
+        Distillation(str(toy / "teacher"), [TrajectoryGuidance(), AdversarialAlignment()])
+    with pytest.raises(UserError, match="objectives is empty"):
+        Distillation(str(toy / "teacher"), [])
+    model = make(str(toy / "teacher"), "trajectory+adversarial")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(UserError, match=r"TrajectoryGuidance needs trajectory.*AdversarialAlignment needs "
+                                        r"trajectory.*TrajectoryData.*the data is ToyVideos"):
+        trainer.fit(model, datamodule=ToyVideos(batch_size=2, num_frames=4, size=8))
+
+
+def test_resume_is_exact_and_checkpoints_load_as_students(toy, tmp_path):
+    lora = StudentConfig(mode="lora", lora_rank=4)
+
+    def run(max_steps, ckpt_path=None):
+        L.seed_everything(0)
+        model = make(str(toy / "teacher"), "trajectory+adversarial", lora)
+        return model, fit(model, toy / "data", max_steps, ckpt_path)
+
+    straight, _ = run(3)
+    first, trainer = run(2)
+    ckpt = tmp_path / "step2.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed, trainer = run(3, ckpt_path=str(ckpt))
+    assert trainer.global_step == 3
+    for a, b in zip(params(straight), params(resumed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    q_straight, q_resumed = straight.objectives[1].queue, resumed.objectives[1].queue
+    for j in range(2):
+        torch.testing.assert_close(q_straight.get(j)[0], q_resumed.get(j)[0], rtol=0, atol=0)
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])  # rebuilt from the config
+    assert any(k.endswith("queue._extra_state") for k in saved["state_dict"])
+    assert saved["vdistill_backbone"]["lora"]["rank"] == 4 and len(saved["vdistill_backbone"]["key_timesteps"]) == 3
+
+    student = load_backbone(ckpt)  # what `vdistill sample --model step2.ckpt` gets: merged, key timesteps
+    assert student.defaults.steps == 2 and not any("lora_" in k for k in student.state_dict())
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
+    text = student.encode_text(PROMPTS[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(student(x, t, text), first.student(x, t, text), rtol=1e-5, atol=1e-6)
+
+    restored = make(str(toy / "teacher"), "trajectory+adversarial", lora)
+    restored.on_load_checkpoint(saved)  # load_from_checkpoint's path: heads built from the stored key timesteps
+    restored.load_state_dict(saved["state_dict"], strict=False)
+    assert torch.equal(restored.objectives[1].queue.get(0)[0], first.objectives[1].queue.get(0)[0])
+    del saved["state_dict"][next(k for k in saved["state_dict"] if k.startswith("discriminator."))]
+    with pytest.raises(UserError, match="missing.*discriminator.heads"):
+        make(str(toy / "teacher"), "trajectory+adversarial", lora).on_load_checkpoint(saved)
+
+
+def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
+    from vdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = str(ROOT / "experiments/toy/accvideo.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", recipe, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "teacher: toy-flow" in printed and "AdversarialAlignment" in printed
+    main(["fit", "--config", recipe, f"--model.init_args.teacher={toy / 'teacher'}",
+          f"--data.init_args.root={toy / 'data'}", "--data.init_args.batch_size=2", "--trainer.max_steps=1",
+          "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    export = tmp_path / "runs/toy/accvideo/m2_traj_adv/export"
+    student = load_backbone(export)
+    assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
+    assert (tmp_path / "runs/toy/accvideo/m2_traj_adv/checkpoints/last.ckpt").is_file()

@@ -1,0 +1,111 @@
+"""Students made from a teacher: full copies and LoRA (trainable set, merging, adapter-only weights, exports)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from objective_helpers import tiny_toy
+
+from vdistill.backbones.io import load_backbone, save_backbone
+from vdistill.errors import UserError
+from vdistill.modules.student import is_lora, load_lora_state_dict, lora_state_dict, make_student, merge_lora
+from vdistill.sampling.sampler import sample_latents
+
+
+def probe(model):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 4, 8, 8)
+    t = torch.tensor([0.9, 0.3])
+    text = model.encode_text(["a red circle moving left", "a blue square moving up"])
+    with torch.no_grad():
+        return model(x, t, text)
+
+
+def perturb(params, std: float = 0.05) -> None:
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * std)
+
+
+def test_full_student_is_a_trainable_copy_sharing_the_frozen_parts():
+    teacher = tiny_toy()
+    student = make_student(teacher)
+    assert student.text_encoder is teacher.text_encoder  # shared, not copied
+    assert student.denoiser is not teacher.denoiser
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable == {f"denoiser.{n}" for n, _ in student.denoiser.named_parameters()}
+    torch.testing.assert_close(probe(student), probe(teacher))
+    before = probe(teacher)
+    perturb(student.denoiser.parameters())
+    assert torch.equal(probe(teacher), before) and not torch.allclose(probe(student), before)
+    with pytest.raises(UserError, match="student mode 'half'"):
+        make_student(teacher, mode="half")
+
+
+def test_lora_student_trains_adapters_only_and_merges_exactly():
+    teacher = tiny_toy()
+    student = make_student(teacher, mode="lora", lora_rank=4, lora_alpha=8, guidance_embedding=True)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("guidance_proj.") for n in trainable)
+    assert any(n.startswith("guidance_proj.") for n in trainable)
+    adapted = {n.split(".lora_")[0] for n in trainable if "lora_" in n}
+    linear_conv = {f"denoiser.{n}" for n, m in teacher.denoiser.named_modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert adapted == linear_conv  # the toy default: every Linear and Conv2d of the denoiser
+    torch.testing.assert_close(probe(student), probe(teacher))  # zero-initialised B: unchanged at start
+
+    perturb([p for n, p in student.named_parameters() if "lora_B" in n])
+    unmerged = probe(student)
+    assert not torch.allclose(unmerged, probe(teacher))
+    state = lora_state_dict(student)
+    assert state and all("lora_" in k or k.startswith("guidance_proj.") for k in state)
+    assert not any(".default." in k for k in state)
+
+    other = make_student(teacher, mode="lora", lora_rank=4, lora_alpha=8, guidance_embedding=True)
+    load_lora_state_dict(other, state)
+    torch.testing.assert_close(probe(other), unmerged)
+
+    merge_lora(student)
+    assert not is_lora(student)
+    assert not any("lora_" in k or "base_layer" in k for k in student.state_dict())
+    torch.testing.assert_close(probe(student), unmerged, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(UserError, match="do not match"):
+        load_lora_state_dict(make_student(teacher, mode="lora", lora_rank=2, target_modules=["film"]), state)
+
+
+def test_exported_lora_student_loads_as_a_plain_backbone_sampling_its_key_timesteps(tmp_path):
+    teacher = tiny_toy()
+    student = make_student(teacher, mode="lora", lora_rank=4)
+    perturb([p for n, p in student.named_parameters() if "lora_B" in n])
+    keys = teacher.schedule.sampling_timesteps(6)[[0, 3, 6]].tolist()
+    student.set_key_timesteps(keys)
+    assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
+    save_backbone(student, tmp_path / "export")
+    loaded = load_backbone(tmp_path / "export")
+    assert not is_lora(loaded) and loaded.key_timesteps == tuple(keys)
+    assert loaded.defaults.steps == 2 and loaded.defaults.cfg == 1.0
+    torch.testing.assert_close(probe(loaded), probe(student), rtol=1e-5, atol=1e-6)
+
+    noise = torch.randn(1, 3, 4, 8, 8)
+    text = loaded.encode_text(["a red circle moving left"])
+    res = sample_latents(loaded, noise, text)  # its own steps: along the key timesteps, not the native grid
+    torch.testing.assert_close(res.timesteps, torch.tensor(keys))
+    native = sample_latents(loaded, noise, text, steps=3)
+    torch.testing.assert_close(native.timesteps, loaded.schedule.sampling_timesteps(3))
+
+
+def test_student_of_a_guided_teacher_gets_its_own_guidance_embedding():
+    teacher = tiny_toy()
+    teacher.enable_guidance_embedding().weight.data.normal_(std=0.1)
+    teacher.requires_grad_(False)
+    student = make_student(teacher)
+    assert student.guidance_proj is not teacher.guidance_proj and student.guidance_proj.weight.requires_grad
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
+    text, w = teacher.encode_text(["a red circle moving left"]), torch.tensor([3.0])
+    with torch.no_grad():
+        torch.testing.assert_close(student(x, t, text, w), teacher(x, t, text, w))
+        before = teacher(x, t, text, w)
+        student.guidance_proj.weight.mul_(5)
+        assert torch.equal(teacher(x, t, text, w), before)  # the copied hook no longer reads the teacher's
+        assert not torch.allclose(student(x, t, text, w), before)
