@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import re
 import sys
 
@@ -38,46 +39,35 @@ def cmd_list(argv: list[str]) -> None:
             print(f"  {name:<{width}}  {summary}")
 
 
-def cmd_sample(argv: list[str]) -> None:
-    from vdistill.sampling.command import run
-
-    run(argv)
-
-
-def explain_parse_error(err: argparse.ArgumentError) -> str:
-    """One line from jsonargparse's nested report: the bad component name with the valid choices, or the
-    innermost message."""
-    text = str(err)
-    bad = re.search(r"Expected a dot import path string: (\S+)", text)
-    key = re.search(r'Parser key "([^"]+)"', text)
-    where = f" for {key.group(1)!r}" if key else ""
-    if bad:
-        name = bad.group(1)
-        kinds = registry.components()
-        names = {n: kind for kind, rows in kinds.items() for n, _ in rows}
-        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
-        kind = names[close[0]] if close else None
-        choices = [n for n, _ in kinds[kind]] if kind else sorted(names)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown component {name!r}{where}; valid choices: {', '.join(choices)}{hint}"
-    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
-    return lines[-1] if len(lines) == 1 else " ".join(lines[:3])
+# Our own subcommands: name -> module with ``run(argv)`` (imported only when used: start-up stays fast).
+COMMANDS = {
+    "sample": "vdistill.sampling.command",
+    "synth": "vdistill.synth.command",
+    "demo": "vdistill.demo",
+}
 
 
-def cmd_demo(argv: list[str]) -> None:
-    from vdistill.demo import run
+USAGE = """usage: vdistill <command> [options]   (vdistill <command> --help for its options)
 
-    run(argv)
-
-
-COMMANDS = {"list": cmd_list, "sample": cmd_sample, "demo": cmd_demo}
+training (LightningCLI; --config YAML, --print_config):
+  fit        train (teachers, students)          validate / test / predict   evaluate a module
+our commands:
+  list       every registered component, by kind
+  sample     sample a model on a prompt list: videos.npz, mp4, GIF grid, ToyBench in the toy world
+  synth      write a teacher's synthetic trajectory dataset (key points only; resumable, split by rank)
+  demo       sample the shipped toy teachers and print their ToyBench table
+"""
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        if args and args[0] in COMMANDS:
-            COMMANDS[args[0]](args[1:])
+        if not args or args[0] in ("-h", "--help"):
+            print(USAGE)
+        elif args[0] == "list":
+            cmd_list(args[1:])
+        elif args and args[0] in COMMANDS:
+            importlib.import_module(COMMANDS[args[0]]).run(args[1:])
         else:
             VDistillCLI(args=argv)
     except argparse.ArgumentError as err:

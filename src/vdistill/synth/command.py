@@ -1,0 +1,51 @@
+"""``vdistill synth``: write the synthetic trajectory dataset of a teacher (resumable, split by rank)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from vdistill.backbones.io import SHIPPED, load_backbone
+from vdistill.data.prompts import load_prompts
+from vdistill.errors import UserError
+from vdistill.synth.writer import synthesize
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"key indices must be comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__)
+    p.add_argument("--model", required=True, help=f"the teacher: {', '.join(SHIPPED)}, an exported folder or .ckpt")
+    p.add_argument("--prompts", default="toy", help="'toy' or a text file, one prompt a line")
+    p.add_argument("--repeat", type=int, default=1, help="trajectories per prompt (seeds differ)")
+    p.add_argument("--out", required=True, help="dataset folder (rerun the same command to resume)")
+    p.add_argument("--key-indices", type=_indices, default=(0, 10, 20, 30, 40, 50),
+                   help="step indices kept, 0 = noise, STEPS = clean (AccVideo: 0,10,20,30,40,50)")
+    p.add_argument("--steps", type=int, default=None, help="teacher steps (default: the teacher's own)")
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the teacher's own)")
+    p.add_argument("--guidance", type=float, default=None, help="embedded guidance scale (teachers that have one)")
+    p.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i")
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process (env RANK)")
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                   help="processes splitting the prompts (env WORLD_SIZE)")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def run(argv: list[str]) -> dict:
+    args = build_parser().parse_args(argv)
+    prompts = load_prompts(args.prompts, repeat=args.repeat)
+    if not 0 <= args.rank < args.world_size:
+        raise UserError(f"rank {args.rank} is outside world size {args.world_size}")
+    model = load_backbone(args.model, map_location=args.device)
+    return synthesize(model, prompts, args.out, key_indices=args.key_indices, steps=args.steps, cfg=args.cfg,
+                      guidance=args.guidance, seed=args.seed, shard_size=args.shard_size,
+                      batch_size=args.batch_size, dtype=args.dtype, rank=args.rank, world_size=args.world_size)
