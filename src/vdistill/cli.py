@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
-import re
 import sys
 
 import lightning as L

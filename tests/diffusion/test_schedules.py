@@ -235,5 +235,5 @@ def test_other_user_errors():
 def test_describe_records_what_makes_data_compatible():
     assert DDPMSchedule(prediction_type="v_prediction").describe() == {
         "kind": "ddpm", "prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-        "beta_end": 0.012, "num_train_timesteps": 1000, "timestep_spacing": "trailing"}
+        "beta_end": 0.012, "num_train_timesteps": 1000, "timestep_spacing": "trailing", "clip_sample": None}
     assert FlowSchedule(shift=5).describe() == {"kind": "flow", "prediction_type": "flow", "shift": 5.0}

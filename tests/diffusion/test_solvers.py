@@ -128,3 +128,23 @@ def test_euler_step_keeps_dtype_and_per_sample_times():
     assert out.dtype == torch.float64
     for b in range(SHAPE[0]):
         torch.testing.assert_close(out[b], x_t[b] + (t_next[b] - t[b]).double() * v[b])
+
+
+@pytest.mark.parametrize("prediction_type", ("epsilon", "v_prediction"))
+@pytest.mark.parametrize("beta_schedule", ("squaredcos_cap_v2", "linear"))
+def test_clipped_cosine_sampling_loop_matches_diffusers(prediction_type, beta_schedule):
+    """The toy DDPM teacher's sampler: cosine betas, x0 clipped to [-1, 1] each step, model eps kept."""
+    schedule = DDPMSchedule(beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=1.0)
+    scheduler = DDIMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type,
+                              timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True,
+                              clip_sample_range=1.0)
+    torch.testing.assert_close(schedule.alphas_cumprod.float(), scheduler.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    scheduler.set_timesteps(10)
+    x_ref = x_ours = 3 * _randn(*SHAPE, seed=11)  # large values: the clamp is active
+    for t in scheduler.timesteps:
+        x_ref = scheduler.step(fake_model(x_ref, float(t)), t, x_ref, eta=0.0).prev_sample
+    grid = schedule.sampling_timesteps(10)
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        x_ours = schedule.step(fake_model(x_ours, float(t)), x_ours, t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0]))
+    torch.testing.assert_close(x_ours, x_ref, rtol=2e-4, atol=2e-4)
+    assert x_ours.abs().max() <= 1.0 + 1e-5  # the last step returns the clipped x0

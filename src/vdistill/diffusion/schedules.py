@@ -14,6 +14,7 @@ All ``t`` arguments are float tensors of shape ``[B]``; latents have any shape w
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -129,8 +130,9 @@ class DDPMSchedule(NoiseSchedule):
     """Discrete DDPM schedule (variance preserving).
 
     Args:
-        beta_schedule: ``linear`` (DDPM's pixel-space 1e-4..0.02) or ``scaled_linear`` (Stable Diffusion /
-            ModelScope / VideoCrafter latents, 0.00085..0.012).
+        beta_schedule: ``linear`` (DDPM's pixel-space 1e-4..0.02), ``scaled_linear`` (Stable Diffusion /
+            ModelScope / VideoCrafter latents, 0.00085..0.012) or ``squaredcos_cap_v2`` (the cosine schedule of
+            Nichol & Dhariwal 2021 for small images; ``beta_start`` / ``beta_end`` do not apply).
         beta_start, beta_end: override the endpoints; ``None`` takes the schedule's default.
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         timestep_spacing: ``trailing`` (diffusers' grid ``round(arange(T, 0, -T / N)) - 1``, starts at ``T - 1``;
@@ -139,7 +141,7 @@ class DDPMSchedule(NoiseSchedule):
 
     kind = "ddpm"
     prediction_types = ("epsilon", "v_prediction", "sample")
-    _defaults = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
+    _defaults = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (None, None)}
 
     def __init__(
         self,
@@ -149,8 +151,10 @@ class DDPMSchedule(NoiseSchedule):
         prediction_type: str = "epsilon",
         num_train_timesteps: int = 1000,
         timestep_spacing: str = "trailing",
+        clip_sample: float | None = None,
     ) -> None:
         super().__init__(prediction_type)
+        self.clip_sample = clip_sample
         if beta_schedule not in self._defaults:
             raise UserError(f"beta_schedule {beta_schedule!r} is not known; choose one of {list(self._defaults)}")
         if timestep_spacing not in ("trailing", "leading"):
@@ -164,6 +168,10 @@ class DDPMSchedule(NoiseSchedule):
         n = num_train_timesteps
         if beta_schedule == "linear":
             betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float64)
+        elif beta_schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, as diffusers' betas_for_alpha_bar
+            f = lambda x: torch.cos((x + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            i = torch.arange(n, dtype=torch.float64)
+            betas = (1 - f((i + 1) / n) / f(i / n)).clamp(max=0.999)
         else:
             betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float64) ** 2
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -196,8 +204,14 @@ class DDPMSchedule(NoiseSchedule):
     def sample_training_timesteps(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(0, self.num_train_timesteps, (batch,), generator=generator).float()
 
+    def step(self, raw: Tensor, x_t: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+        if self.clip_sample is None:
+            return super().step(raw, x_t, t, t_next)
+        x0, eps = self.to_x0_eps(raw, x_t, t)
+        return self.add_noise(x0.clamp(-self.clip_sample, self.clip_sample), eps, t_next)
+
     def describe(self) -> dict:
-        return {**super().describe(), "beta_schedule": self.beta_schedule, "beta_start": self.beta_start,
+        return {**super().describe(), "clip_sample": self.clip_sample, "beta_schedule": self.beta_schedule, "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "num_train_timesteps": self.num_train_timesteps,
                 "timestep_spacing": self.timestep_spacing}
 

@@ -24,12 +24,13 @@ from vdistill.objectives.base import Models, Objective
 def jump_coefficients(schedule: NoiseSchedule, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
     """``(A, B)``, each ``[N]``, with ``schedule.step(r, x, t, t_next) == A * x + B * r`` for times ``[N]``.
 
-    Read off the step itself (it is linear in ``(r, x)``), so every schedule and parameterisation is covered.
+    Read off the step itself (it is linear in ``(r, x)``), so every schedule and parameterisation is covered. The
+    plain (unclipped) step is used: a sampler's x0 clipping would make it non-linear.
     """
     ones = torch.ones(t.shape[0], 1, device=t.device)
     zeros = torch.zeros_like(ones)
-    a = schedule.step(zeros, ones, t, t_next)[:, 0]
-    b = schedule.step(ones, zeros, t, t_next)[:, 0]
+    a = NoiseSchedule.step(schedule, zeros, ones, t, t_next)[:, 0]
+    b = NoiseSchedule.step(schedule, ones, zeros, t, t_next)[:, 0]
     return a, b
 
 
