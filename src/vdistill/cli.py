@@ -37,6 +37,26 @@ def cmd_list(argv: list[str]) -> None:
             print(f"  {name:<{width}}  {summary}")
 
 
+def explain_parse_error(err: argparse.ArgumentError) -> str:
+    """One line from jsonargparse's nested report: the bad component name with the valid choices, or the
+    innermost message."""
+    text = str(err)
+    bad = re.search(r"Expected a dot import path string: (\S+)", text)
+    key = re.search(r'Parser key "([^"]+)"', text)
+    where = f" for {key.group(1)!r}" if key else ""
+    if bad:
+        name = bad.group(1)
+        kinds = registry.components()
+        names = {n: kind for kind, rows in kinds.items() for n, _ in rows}
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+        kind = names[close[0]] if close else None
+        choices = [n for n, _ in kinds[kind]] if kind else sorted(names)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown component {name!r}{where}; valid choices: {', '.join(choices)}{hint}"
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
+    return lines[-1] if len(lines) == 1 else " ".join(lines[:3])
+
+
 # Our own subcommands: name -> module with ``run(argv)`` (imported only when used: start-up stays fast).
 COMMANDS = {
     "sample": "vdistill.sampling.command",

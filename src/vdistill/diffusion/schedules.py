@@ -211,7 +211,8 @@ class DDPMSchedule(NoiseSchedule):
         return self.add_noise(x0.clamp(-self.clip_sample, self.clip_sample), eps, t_next)
 
     def describe(self) -> dict:
-        return {**super().describe(), "clip_sample": self.clip_sample, "beta_schedule": self.beta_schedule, "beta_start": self.beta_start,
+        return {**super().describe(), "clip_sample": self.clip_sample, "beta_schedule": self.beta_schedule,
+                "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "num_train_timesteps": self.num_train_timesteps,
                 "timestep_spacing": self.timestep_spacing}
 
