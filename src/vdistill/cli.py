@@ -64,6 +64,7 @@ COMMANDS = {
     "sample": "vdistill.sampling.command",
     "synth": "vdistill.synth.command",
     "demo": "vdistill.demo",
+    "bench": "vdistill.bench",
 }
 
 
@@ -75,6 +76,7 @@ our commands:
   list       every registered component, by kind
   sample     sample a model on a prompt list: videos.npz, mp4, GIF grid, ToyBench in the toy world
   synth      write a teacher's synthetic trajectory dataset (key points only; resumable, split by rank)
+  bench      sample several models on the same prompts: one ToyBench table with measured speed-ups
   demo       sample the shipped toy teachers and print their ToyBench table
 """
 

@@ -1,0 +1,51 @@
+"""``vdistill bench``: rows sampled on the same prompts, one table, speed-ups against the reference row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vdistill.backbones.io import save_backbone
+from vdistill.backbones.toy import ToyBackbone
+from vdistill.bench import run
+from vdistill.errors import UserError
+
+
+@pytest.fixture
+def tiny_export(tmp_path):
+    torch.manual_seed(0)
+    model = ToyBackbone(base_channels=8, channel_mult=(1, 2), emb_dim=16, text_dim=16, steps=4)
+    return save_backbone(model, tmp_path / "m")
+
+
+def test_bench_rows_table_and_speedup(tiny_export, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left\na blue square moving up\n")
+    spec = {"out": str(tmp_path / "out"), "prompts": str(prompts), "reference": "slow",
+            "rows": [{"name": "slow", "model": str(tiny_export), "steps": 6},
+                     {"name": "fast", "model": str(tiny_export), "steps": 1, "cfg": 1.0}]}
+    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
+    res = run([str(tmp_path / "rows.yaml")])
+    assert res["slow"]["speed-up"] == 1.0 and res["fast"]["speed-up"] > 1.0
+    saved = json.loads((tmp_path / "out" / "toybench.json").read_text())
+    assert set(saved) == {"slow", "fast"} and "semantic" in saved["fast"]
+    assert "| fast |" in (tmp_path / "out" / "toybench.md").read_text()
+    for row in ("slow", "fast"):
+        data = np.load(tmp_path / "out" / "samples" / row / "videos.npz")
+        assert data["videos"].shape == (2, 8, 16, 16, 3)
+
+
+@pytest.mark.parametrize("rows, reference, message", [
+    ([{"name": "a"}], None, "needs 'name' and 'model'"),
+    ([{"name": "a", "model": "toy-flow", "stepz": 3}], None, "may have"),
+    ([{"name": "a", "model": "toy-flow"}, {"name": "a", "model": "toy-flow"}], None, "unique"),
+    ([{"name": "a", "model": "toy-flow"}], "b", "reference row 'b'"),
+])
+def test_bench_rejects_bad_rows(tmp_path, rows, reference, message):
+    (tmp_path / "rows.yaml").write_text(yaml.safe_dump({"rows": rows, "reference": reference}))
+    with pytest.raises(UserError, match=message):
+        run([str(tmp_path / "rows.yaml")])
