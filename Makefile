@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean teachers teacher-table
+.PHONY: demo test venv clean teachers teacher-table accvideo
 
 venv: $(STAMP)
 
@@ -31,6 +31,16 @@ teachers: $(STAMP)
 # The README's teacher table: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
 teacher-table: $(STAMP)
 	$(VENV)/bin/vdistill demo --steps 50 8 4 2 1 --repeat 4 --out runs/toy/teachers
+
+# AccVideo in the toy world (issue 3): synthesise the flow teacher's trajectories (key points 0, 25, 50 of 50
+# Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
+# one ToyBench table with measured speed-ups under runs/toy/accvideo/.
+accvideo: $(STAMP)
+	$(VENV)/bin/vdistill synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
+		--out runs/toy/accvideo/synvid_m2
+	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml
+	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml
+	$(VENV)/bin/vdistill bench experiments/toy/accvideo_bench.yaml
 
 clean:
 	rm -rf runs lightning_logs

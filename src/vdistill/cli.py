@@ -65,6 +65,8 @@ COMMANDS = {
     "synth": "vdistill.synth.command",
     "demo": "vdistill.demo",
     "bench": "vdistill.bench",
+    "export": "vdistill.export",
+    "critic-report": "vdistill.critics.report",
 }
 
 
@@ -77,7 +79,9 @@ our commands:
   sample     sample a model on a prompt list: videos.npz, mp4, GIF grid, ToyBench in the toy world
   synth      write a teacher's synthetic trajectory dataset (key points only; resumable, split by rank)
   bench      sample several models on the same prompts: one ToyBench table with measured speed-ups
+  export     merge a (LoRA) student checkpoint into a folder that `vdistill sample` loads
   demo       sample the shipped toy teachers and print their ToyBench table
+  critic-report  how well a critic ranks toy captions and tracks the oracle (toy critics)
 """
 
 

@@ -15,8 +15,8 @@ from vdistill.backbones.base import Backbone
 from vdistill.callbacks import export  # noqa: F401
 from vdistill.data import toy as toy_data  # noqa: F401
 from vdistill.diffusion.schedules import NoiseSchedule
-from vdistill.modules import distill, teacher  # noqa: F401
-from vdistill.objectives import adversarial, trajectory  # noqa: F401
+from vdistill.modules import critic_training, distill, teacher  # noqa: F401
+from vdistill.objectives import adversarial, consistency, reward, trajectory  # noqa: F401
 from vdistill.objectives.base import Objective
 from vdistill.synth import dataset as synth_dataset  # noqa: F401
 

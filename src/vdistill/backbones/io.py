@@ -7,7 +7,12 @@ config under the key ``vdistill_backbone`` and its weights under a prefix (``bac
 
 Besides ``class_path`` + ``init_args`` the config may record what was added to the built model
 (:func:`backbone_record`): ``guidance_embedding`` (its width), ``key_timesteps`` (a distilled student's sampling
-grid) and ``lora`` (rank, alpha, targets of a LoRA student; it is merged into the weights after loading).
+grid), ``lora`` (rank, alpha, targets of a LoRA student; it is merged into the weights after loading) and
+``sampler`` (a consistency student's sampler: ``{kind: consistency, guidance, original_steps, steps}``, so that
+``vdistill sample`` uses the multistep consistency sampler and the embedded guidance scale without flags).
+
+A LoRA student's Lightning checkpoint may be adapter-only (``vdistill_teacher`` names the teacher its frozen
+weights come from; see :func:`vdistill.modules.student.student_from_adapter_checkpoint`).
 """
 
 from __future__ import annotations
@@ -50,25 +55,42 @@ def backbone_record(model: Backbone) -> dict:
     lora = getattr(model.denoiser, "vdistill_lora", None)
     if lora is not None:
         extra["lora"] = dict(lora)
+    sampler = getattr(model, "vdistill_sampler", None)
+    if sampler is not None:
+        extra["sampler"] = dict(sampler)
     return {**to_config(model), **extra}
+
+
+#: what :func:`backbone_record` adds to ``class_path`` + ``init_args``
+ADDITIONS = ("guidance_embedding", "key_timesteps", "lora", "sampler")
 
 
 def build_from_config(cfg: dict) -> Backbone:
     cfg = dict(cfg)
-    guidance_dim = cfg.pop("guidance_embedding", None)
-    key_timesteps = cfg.pop("key_timesteps", None)
-    lora = cfg.pop("lora", None)
+    additions = {k: cfg.pop(k, None) for k in ADDITIONS}
     model = from_config(cfg)
     if not isinstance(model, Backbone):
         raise UserError(f"{cfg.get('class_path')!r} is not a Backbone")
+    return apply_additions(model, **additions)
+
+
+def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_timesteps: list | None = None,
+                    lora: dict | None = None, sampler: dict | None = None) -> Backbone:
+    """Replay on a built model what :func:`backbone_record` recorded (in place)."""
     if lora:
         from vdistill.modules.student import apply_lora  # peft only for LoRA students
 
         apply_lora(model, **lora)
-    if guidance_dim:
-        model.enable_guidance_embedding(guidance_dim)
+    if guidance_embedding:
+        model.enable_guidance_embedding(guidance_embedding)
     if key_timesteps:
         model.set_key_timesteps(key_timesteps)
+    if sampler:
+        from vdistill.sampling.consistency import set_consistency_sampling
+
+        if sampler.get("kind") != "consistency":
+            raise UserError(f"unknown sampler {sampler.get('kind')!r} in the model config (known: consistency)")
+        set_consistency_sampling(model, **{k: v for k, v in sampler.items() if k != "kind"})
     return model
 
 
@@ -87,6 +109,10 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu") ->
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if "vdistill_backbone" not in ckpt:
             raise UserError(f"checkpoint {spec!r} was not written by a vdistill module (no 'vdistill_backbone')")
+        if ckpt.get("vdistill_teacher") is not None:  # adapter-only: the frozen weights are the teacher's
+            from vdistill.modules.student import student_from_adapter_checkpoint
+
+            return student_from_adapter_checkpoint(ckpt, source=spec).to(map_location).eval()
         model = build_from_config(dict(ckpt["vdistill_backbone"]))
         state = ckpt["state_dict"]
         prefix = next((p for p in CKPT_PREFIXES if any(k.startswith(p) for k in state)), None)

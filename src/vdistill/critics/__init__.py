@@ -9,6 +9,8 @@ name                      kind     checkpoint (official file) and options
 ``pickscore``             image    ``PickScore_v1/`` folder; ``processor=`` laion CLIP-ViT-H-14 folder
 ``viclip``                video    ``ViClip-InternVid-10M-FLT.pth``
 ``internvideo2``          video    ``InternVideo2-stage2_1b-224p-f4.pt``; ``tokenizer=`` bert-large-uncased
+``toy-image``             image    ``"shipped"`` or a ``.safetensors`` file (toy world, see ``critics/toy.py``)
+``toy-video``             video    ``"shipped"`` or a ``.safetensors`` file (toy world)
 ========================  =======  ======================================================================
 
 Every critic also takes ``size="tiny"`` (random weights when ``checkpoint=None``, for tests) and ``num_frames``.
@@ -19,6 +21,6 @@ from vdistill.critics.base import Critic
 from vdistill.critics.registry import CRITICS, available_critics, load_critic, register_critic
 
 # Importing the modules registers their critics.
-from vdistill.critics import hpsv2, internvideo2, pickscore, viclip  # noqa: E402,F401  isort: skip
+from vdistill.critics import hpsv2, internvideo2, pickscore, toy, viclip  # noqa: E402,F401  isort: skip
 
 __all__ = ["CRITICS", "Critic", "available_critics", "load_critic", "register_critic"]

@@ -37,7 +37,12 @@ class ToyVideos(L.LightningDataModule):
         seed: data seed.
         num_workers: DataLoader workers (rendering is cheap: 0 is fine on CPU).
         val_samples: videos in the fixed validation and test sets.
+
+    Training batches are ``(videos [B, T, 3, H, W] in [0, 1], prompts)``: the real clips that consistency
+    distillation needs (``provides``).
     """
+
+    provides = ("videos",)
 
     def __init__(self, batch_size: int = 16, samples_per_epoch: int = 16_000, num_frames: int = 8, size: int = 16,
                  seed: int = 0, num_workers: int = 0, val_samples: int = 256) -> None:

@@ -10,6 +10,7 @@ optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.obje
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 import torch
@@ -20,8 +21,10 @@ from vdistill.backbones.base import Backbone
 from vdistill.backbones.io import backbone_record, load_backbone
 from vdistill.errors import UserError
 from vdistill.modules.discriminator import Discriminator
-from vdistill.modules.student import StudentConfig, make_student
+from vdistill.modules.ema import EMAWeights
+from vdistill.modules.student import StudentConfig, is_lora, make_student, teacher_reference
 from vdistill.objectives.base import Models, Objective, check_needs
+from vdistill.objectives.reward import build_critics, check_critic_names
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
 
 
@@ -41,6 +44,17 @@ class Distillation(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up of both groups, in optimizer steps.
         guidance: embedded guidance scale fed to a student with a guidance embedding (None: none).
+        target_ema_decay: the consistency target network (``ConsistencyDistillation``): an EMA of the student's
+            trainable weights with this decay (T2V-Turbo's paper: 0.95); None: the online student under no_grad
+            (T2V-Turbo's code and v2).
+        critics: reward critics by the names reward objectives use: ``{name: {checkpoint: ..., **load_critic
+            options, critic: registered name (default: name), grad_checkpointing: bool}}`` or a list of names
+            (toy critics: their shipped weights); frozen, in eval mode, never saved in checkpoints (see
+            :func:`~vdistill.objectives.reward.build_critics`).
+
+    Data: trajectory key points (``TrajectoryData``) or real clips, ``(videos [B, T, 3, H, W], prompts)`` batches of
+    a video datamodule such as ``ToyVideos`` (consistency distillation), as the objectives need. A LoRA student's
+    checkpoints are adapter-only when its teacher can be rebuilt (a name, a path, a diffusers folder config).
     """
 
     def __init__(
@@ -55,10 +69,12 @@ class Distillation(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
         guidance: float | None = None,
+        target_ema_decay: float | None = None,
+        critics: dict[str, Any] | list[str] | None = None,
     ) -> None:
         super().__init__()
         # plain values only: checkpoints stay loadable with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["teacher", "objectives", "student", "discriminator"])
+        self.save_hyperparameters(ignore=["teacher", "objectives", "student", "discriminator", "critics"])
         self.hparams["student"] = asdict(student)
         if not objectives:
             raise UserError("model.objectives is empty: name at least one objective (e.g. TrajectoryGuidance)")
@@ -70,9 +86,15 @@ class Distillation(L.LightningModule):
             rank_zero_warn("a discriminator is configured but no objective uses it: it is left out")
             discriminator = None
         self.discriminator = discriminator
-        # the data's needs ("trajectory") are checked in setup, when the datamodule is known
-        check_needs(objectives, self.models().available() | {"trajectory"})
+        self.critics = build_critics(critics)
+        # the data's needs ("trajectory", "videos") are checked in setup, when the datamodule is known
+        check_needs(objectives, self.models().available() | {"trajectory", "videos"})
+        check_critic_names(objectives, self.critics)
         self.student = make_student(self.teacher, **asdict(student))
+        for obj in objectives:
+            obj.prepare_student(self.student)
+        self.target = None if target_ema_decay is None else EMAWeights(self.student, target_ema_decay)
+        self._teacher_ref = teacher_reference(teacher)
         self.key_timesteps: tuple[float, ...] | None = None
         # the frozen teacher is rebuilt from the config, not saved: resuming must not ask for its weights
         self.strict_loading = False
@@ -80,7 +102,8 @@ class Distillation(L.LightningModule):
     def models(self) -> Models:
         """A fresh per-step bundle of the models (its cache shares the student's predictions between objectives)."""
         return Models(student=getattr(self, "student", None), teacher=self.teacher,
-                      discriminator=self.discriminator, guidance=self.hparams.guidance)
+                      discriminator=self.discriminator, guidance=self.hparams.guidance,
+                      target=getattr(self, "target", None), critics=dict(getattr(self, "critics", {})) or None)
 
     # -- wiring to the data ------------------------------------------------------------------------------
     def bind_key_timesteps(self, timesteps: list[float]) -> None:
@@ -115,7 +138,9 @@ class Distillation(L.LightningModule):
         self.teacher.eval()  # frozen: never dropout / train-mode norms, whatever Lightning switches
         return self
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict | tuple, batch_idx: int) -> Tensor:
+        if isinstance(batch, (tuple, list)):  # a video datamodule's (videos [B, T, 3, H, W], prompts)
+            batch = {"videos": batch[0], "prompts": list(batch[1])}
         models = self.models()
         total: Tensor | float = 0.0
         logs: dict[str, Tensor] = {}
@@ -125,7 +150,7 @@ class Distillation(L.LightningModule):
             for key, value in out.items():
                 logs[f"loss/{key}" if key in obj.loss_terms else f"{obj.name}/{key}"] = value.detach()
         logs["loss/total"] = total.detach()
-        bs = batch["latents"].shape[0]
+        bs = len(batch["prompts"]) if "prompts" in batch else batch["latents"].shape[0]
         self.log_dict(logs, batch_size=bs)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
         return total
@@ -143,23 +168,42 @@ class Distillation(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.target is not None:  # the EMA target follows the student once per optimizer step
+            self.target.update(self.student)
+
     # -- checkpoints -----------------------------------------------------------------------------------
     def _unsaved_prefixes(self) -> tuple[str, ...]:
-        """The frozen teacher and the student's frozen parts that its constructor reloads from its own path."""
-        return ("teacher.", *(f"student.{p}" for p in self.student.rebuilt_prefixes))
+        """The frozen teacher and critics, and the student's frozen parts that its constructor reloads from its own
+        path."""
+        return ("teacher.", "critics.", *(f"student.{p}" for p in self.student.rebuilt_prefixes))
+
+    def _adapter_only(self) -> bool:
+        return self._teacher_ref is not None and is_lora(self.student)
+
+    def _saved(self, keys) -> list[str]:
+        """The keys a checkpoint keeps: not the unsaved prefixes, and for an adapter-only LoRA checkpoint no
+        student weight but the trainable ones (the frozen base weights are the teacher's)."""
+        drop = self._unsaved_prefixes()
+        trained = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
+        adapter_only = self._adapter_only()
+        return [k for k in keys if not k.startswith(drop)
+                and not (adapter_only and k.startswith("student.") and k not in trained)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vdistill_backbone"] = backbone_record(self.student)
         checkpoint["vdistill_key_timesteps"] = None if self.key_timesteps is None else list(self.key_timesteps)
-        drop = self._unsaved_prefixes()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(drop)}
+        if self._adapter_only():
+            checkpoint["vdistill_teacher"] = self._teacher_ref
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: state[k] for k in self._saved(state)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         times = checkpoint.get("vdistill_key_timesteps")
         if times is not None and self.key_timesteps is None:  # load_from_checkpoint: no data to read them from
             self.bind_key_timesteps(times)
-        drop = self._unsaved_prefixes()
-        missing = sorted(k for k in self.state_dict() if not k.startswith(drop) and k not in checkpoint["state_dict"])
+        missing = sorted(k for k in self._saved(self.state_dict()) if k not in checkpoint["state_dict"])
         if missing:
             raise UserError(f"the checkpoint does not match this distillation run: missing {missing[:8]}"
                             f"{' ...' if len(missing) > 8 else ''} ({len(missing)} keys)")

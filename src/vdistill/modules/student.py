@@ -3,7 +3,9 @@
 The frozen parts (text encoder, VAE) are shared with the teacher, not copied. A LoRA student records its
 adapter settings on ``student.denoiser.vdistill_lora``; exports and checkpoints carry that record, and
 :func:`vdistill.backbones.io.load_backbone` re-injects the adapters, loads the weights and merges them
-(:func:`merge_lora`), so ``vdistill sample`` sees a plain backbone.
+(:func:`merge_lora`), so ``vdistill sample`` sees a plain backbone. The distillation module's checkpoints of a
+LoRA student are adapter-only (adapters + guidance projection, and a reference to the teacher:
+:func:`teacher_reference`, :func:`student_from_adapter_checkpoint`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -152,3 +155,41 @@ def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lor
     if guidance_embedding or student.guidance_proj is not None:
         student.enable_guidance_embedding().requires_grad_(True)
     return student.train()
+
+
+def student_from_adapter_checkpoint(ckpt: dict, source: str = "checkpoint") -> Backbone:
+    """The merged student of an adapter-only Lightning checkpoint (a LoRA student's trainable weights only:
+    adapters and guidance projection, under ``student.``; the distillation module writes it so).
+
+    The teacher named by ``ckpt["vdistill_teacher"]`` (a name / path :func:`load_backbone` resolves, or a backbone
+    config that reloads its weights from its own folder) gives the frozen weights; the student's record
+    (``vdistill_backbone``) gives the adapters' settings, the guidance embedding and the sampling additions.
+    """
+    from vdistill.backbones.io import apply_additions, build_from_config, load_backbone
+    from vdistill.checkpoints import load_strict
+
+    spec, record = ckpt["vdistill_teacher"], dict(ckpt["vdistill_backbone"])
+    lora = record.get("lora")
+    if not lora:
+        raise UserError(f"{source} is adapter-only but records no LoRA settings")
+    teacher = load_backbone(spec) if isinstance(spec, str) else build_from_config(spec)
+    student = make_student(teacher, "lora", lora["rank"], lora.get("alpha"), lora.get("target_modules"))
+    apply_additions(student, **{k: record.get(k) for k in ("guidance_embedding", "key_timesteps", "sampler")})
+    state = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
+    load_strict(student, state, source=source,
+                expected={n for n, p in student.named_parameters() if p.requires_grad})
+    return merge_lora(student)
+
+
+def teacher_reference(teacher: str | Backbone) -> str | dict | None:
+    """How an adapter-only checkpoint names the teacher its frozen weights come from: a shipped name, an absolute
+    path, or the config of a backbone that reloads its weights from its own folder (diffusers teachers); ``None``
+    when the weights cannot be rebuilt that way (a backbone object built in code), so the checkpoint must keep
+    the student's full weights."""
+    from vdistill.backbones.io import SHIPPED, backbone_record
+
+    if isinstance(teacher, str):
+        path = Path(teacher)
+        return teacher if teacher in SHIPPED or not path.exists() else str(path.resolve())
+    record = backbone_record(teacher)
+    return record if "path" in record.get("init_args", {}) and not teacher.has_guidance_embedding else None

@@ -2,7 +2,8 @@
 
 from vdistill.objectives.adversarial import AdversarialAlignment, FakeQueue
 from vdistill.objectives.base import Models, Objective, check_needs
+from vdistill.objectives.consistency import ConsistencyDistillation, pseudo_huber
 from vdistill.objectives.trajectory import TrajectoryGuidance, jump_coefficients, jump_target, key_point_predictions
 
-__all__ = ["AdversarialAlignment", "FakeQueue", "Models", "Objective", "TrajectoryGuidance", "check_needs",
-           "jump_coefficients", "jump_target", "key_point_predictions"]
+__all__ = ["AdversarialAlignment", "ConsistencyDistillation", "FakeQueue", "Models", "Objective", "TrajectoryGuidance",
+           "check_needs", "jump_coefficients", "jump_target", "key_point_predictions", "pseudo_huber"]

@@ -9,6 +9,7 @@ ONE backward, so each term must reach only the parameters it is meant to train (
 
 * ``trajectory``: batches of teacher key points (:class:`~vdistill.synth.TrajectoryData`),
 * ``teacher``: the frozen teacher (consistency distillation),
+* ``videos``: batches of real videos and their prompts (consistency distillation; e.g. ``ToyVideos``),
 * ``discriminator``: a :class:`~vdistill.modules.discriminator.Discriminator` (adversarial alignment),
 * ``critics``: reward models (reward feedback).
 """
@@ -29,6 +30,7 @@ from vdistill.errors import UserError
 NEED_HINTS: dict[str, str] = {
     "trajectory": "batches of teacher key points (data: TrajectoryData over a synthesised trajectory set)",
     "teacher": "the frozen teacher (model.teacher)",
+    "videos": "batches of real videos and prompts (data: a video datamodule such as ToyVideos)",
     "discriminator": "a discriminator (model.discriminator, e.g. class_path: Discriminator)",
     "critics": "reward critics (model.critics)",
 }
@@ -47,6 +49,8 @@ class Models:
         discriminator: the discriminator (bound to the teacher), if any.
         critics: reward models by name, if any.
         guidance: embedded guidance scale fed to students with a guidance embedding (None: none).
+        target: an EMA of the student's trainable weights (:class:`~vdistill.modules.ema.EMAWeights`), the
+            consistency target network; None: the online student is its own target.
     """
 
     student: Backbone
@@ -54,6 +58,7 @@ class Models:
     discriminator: nn.Module | None = None
     critics: dict[str, nn.Module] | None = None
     guidance: float | None = None
+    target: nn.Module | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     def student_raw(self, latents: Tensor, t: Tensor, text: TextCond) -> Tensor:
@@ -62,6 +67,14 @@ class Models:
         if self.guidance is not None and self.student.has_guidance_embedding:
             g = torch.full((latents.shape[0],), float(self.guidance), device=latents.device)
         return self.student(latents, t, text, g)
+
+    @torch.no_grad()
+    def target_raw(self, latents: Tensor, t: Tensor, text: TextCond, guidance: Tensor | None = None) -> Tensor:
+        """The target network's raw prediction (no gradient): the student run with its EMA weights when there
+        is an EMA target, else the online student itself (T2V-Turbo's code)."""
+        if self.target is None:
+            return self.student(latents, t, text, guidance)
+        return self.target(self.student, latents, t, text, guidance)
 
     def available(self) -> set[str]:
         """The model-side needs this bundle meets (``trajectory`` is a property of the data, not of the models)."""
@@ -94,6 +107,9 @@ class Objective(nn.Module):
     def forward(self, batch: dict, models: Models) -> dict[str, Tensor]:
         """Named loss terms (unweighted scalars, the keys of ``loss_terms``) and detached diagnostics."""
         raise NotImplementedError
+
+    def prepare_student(self, student: Backbone) -> None:
+        """Adapt the freshly made student to this objective (e.g. add a guidance embedding); default: nothing."""
 
     def total(self, out: dict[str, Tensor]) -> Tensor:
         """This objective's contribution to the one loss that is back-propagated."""

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone
+from vdistill.sampling.consistency import consistency_sampling, sample_consistency, seeded_noise
 from vdistill.sampling.sampler import initial_noise, sample_latents
 
 
@@ -40,22 +41,31 @@ def generate(
     """Sample one video per prompt (prompt ``i`` uses noise seed ``seed + i``, whatever the batching).
 
     ``cfg`` defaults to the model's own scale; ``cfg = 1`` disables classifier-free guidance (students).
+    A consistency student (:func:`~vdistill.sampling.consistency.set_consistency_sampling`) is sampled with the
+    multistep consistency sampler, its embedded guidance scale (``guidance``, default: its own) and no CFG.
     """
+    consistency = consistency_sampling(model) is not None
     d = model.defaults
     cfg = d.cfg if cfg is None else cfg
     shape = model.latent_shape(num_frames or d.num_frames, height or d.height, width or d.width)
     device = next(model.denoiser.parameters()).device
     start = time.perf_counter()
-    uncond = model.encode_text([""]) if cfg != 1.0 else None
+    uncond = model.encode_text([""]) if cfg != 1.0 and not consistency else None
     out = []
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("sampling", total=len(prompts))
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo: lo + batch_size]
-            noise = initial_noise(shape, range(seed + lo, seed + lo + len(chunk)), device)
-            res = sample_latents(model, noise, model.encode_text(chunk), steps=steps, timesteps=timesteps,
-                                 uncond=uncond, cfg=cfg, guidance=guidance)
+            seeds = range(seed + lo, seed + lo + len(chunk))
+            if consistency:  # per-sample generators: the injected noise depends on the seed, not the batching
+                noise, gens = seeded_noise(shape, seeds, device)
+                res = sample_consistency(model, noise, model.encode_text(chunk), steps=steps, guidance=guidance,
+                                         generators=gens, timesteps=timesteps)
+            else:
+                noise = initial_noise(shape, seeds, device)
+                res = sample_latents(model, noise, model.encode_text(chunk), steps=steps, timesteps=timesteps,
+                                     uncond=uncond, cfg=cfg, guidance=guidance)
             out.append(model.decode_latents(res.latents).float().cpu())
             bar.advance(task, len(chunk))
     return Generated(torch.cat(out), list(prompts), time.perf_counter() - start)
