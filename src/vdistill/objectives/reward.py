@@ -1,0 +1,200 @@
+"""Mixed reward feedback (T2V-Turbo, arXiv 2405.18750 Sec. 4.2; v2: 2410.05677).
+
+The student's single-step x0 prediction is decoded through the VAE WITH gradients, mapped to pixels in [0, 1] and
+scored by a weighted mix of frozen critics: ``loss = -sum_i beta_i * mean(score_i)`` (no backprop through a
+sampling chain). Image critics score ``M`` random frames, video critics ``n`` evenly strided frames (each critic
+selects its own frames, see :mod:`vdistill.critics.base`). T2V-Turbo's weights: v1 VideoCrafter2
+``{hpsv2: 1, internvideo2: 2}``, v1 ModelScope ``{hpsv2: 2, viclip: 3}``; v2 ``{hpsv2: 0.2, clipscore: 0.2,
+internvideo2: 0.5}``.
+
+Where the x0 prediction comes from (``source``):
+
+* ``cache``: the x0 prediction an objective that already ran the student left in ``models.cache["consistency"]``
+  (``.x0``: latents ``[B, C, T, H, W]`` with gradient, in batch order): consistency distillation's, which is
+  what T2V-Turbo scores;
+* ``trajectory``: one random noisier key point per sample of a trajectory batch; the trajectory objective's
+  cached predictions (``models.cache["key_points"]``) are reused when it ran first;
+* ``videos``: real videos (``batch["videos"]`` ``[B, T, 3, H, W]`` in [0, 1]; their latents cached by
+  consistency distillation are reused) noised to a random time (one of the student's key timesteps when it has
+  them) and denoised by the student once;
+* ``auto`` (default): the first of these the batch and cache allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from vdistill.critics.base import Critic
+from vdistill.critics.registry import load_critic
+from vdistill.critics.toy import SHIPPED_CRITICS
+from vdistill.errors import UserError
+from vdistill.objectives.base import Models, Objective
+from vdistill.objectives.trajectory import KeyPointPredictions
+
+#: the cache key under which an objective leaves the student's x0 prediction (an object with ``.x0``: latents
+#: ``[B, C, T, H, W]`` with gradient; :class:`~vdistill.objectives.consistency.ConsistencyPrediction`)
+STUDENT_X0 = "consistency"
+SOURCES = ("auto", "cache", "trajectory", "videos")
+
+
+def batch_prompts(batch: Any) -> list[str]:
+    """The prompts of a batch: ``batch["prompt"]`` / ``batch["prompts"]``, or the second item of a tuple."""
+    if isinstance(batch, Mapping):
+        for key in ("prompt", "prompts"):
+            if key in batch:
+                return list(batch[key])
+        raise UserError(f"reward feedback needs the prompts of a batch; it has only {sorted(batch)}")
+    return list(batch[1])
+
+
+def batch_videos(batch: Any) -> Tensor | None:
+    """Real pixel videos ``[B, T, 3, H, W]`` of a batch (``batch["videos"]`` or a ``(videos, prompts)`` tuple)."""
+    if isinstance(batch, Mapping):
+        return batch.get("videos")
+    return batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], Tensor) else None
+
+
+def key_point_x0(kp: KeyPointPredictions, j: Tensor, models: Models) -> Tensor:
+    """x0 ``[B, C, T, H, W]`` from the trajectory objective's cached predictions, at key point ``j[b]`` ``[B]`` of
+    each sample ``b`` (its rows are sample-major, ``B * (K - 1)``)."""
+    rows = torch.arange(j.shape[0], device=j.device) * kp.pairs + j
+    return models.student.schedule.to_x0(kp.raw[rows].float(), kp.x[rows], kp.t[rows])
+
+
+def _from_trajectory(batch: Mapping, models: Models) -> Tensor:
+    """x0 ``[B, C, T, H, W]`` from one random noisier key point per sample (see the module doc)."""
+    latents, times = batch["latents"], batch["timesteps"]
+    b, k = latents.shape[:2]
+    j = torch.randint(0, k - 1, (b,), device=latents.device)
+    if "key_points" in models.cache:  # the trajectory objective already ran the student there
+        return key_point_x0(models.cache["key_points"], j, models)
+    rows = torch.arange(b, device=latents.device)
+    x, t = latents[rows, j].float(), times[rows, j].float()
+    return models.student.schedule.to_x0(models.student_raw(x, t, batch["text"]).float(), x, t)
+
+
+def _from_videos(videos: Tensor, prompts: list[str], batch: Any, models: Models) -> Tensor:
+    """x0 ``[B, C, T, H, W]``: the student's one-step denoising of the real ``videos`` noised to a random time."""
+    student = models.student
+    clips = models.cache.get("videos")  # consistency distillation's encoded clips (``.x0``, ``.text``)
+    if clips is not None:
+        x0, text = clips.x0, clips.text
+    else:
+        with torch.no_grad():  # the VAE and text encoder are frozen
+            x0 = student.encode_video(videos).float()
+            text = student.encode_text(prompts)
+    b = x0.shape[0]
+    if student.key_timesteps is not None:
+        keys = torch.tensor(student.key_timesteps[:-1], device=x0.device)
+        t = keys[torch.randint(0, len(keys), (b,), device=x0.device)]
+    else:
+        t = student.schedule.sample_training_timesteps(b).to(x0.device)
+    x_t = student.schedule.add_noise(x0, torch.randn_like(x0), t)
+    return student.schedule.to_x0(models.student_raw(x_t, t, text).float(), x_t, t)
+
+
+def student_x0(batch: Any, models: Models, source: str = "auto") -> Tensor:
+    """The student's single-step x0 prediction (latents ``[B, C, T, H, W]``, with gradient); see the module doc."""
+    if source in ("auto", "cache") and STUDENT_X0 in models.cache:
+        return models.cache[STUDENT_X0].x0
+    is_traj = isinstance(batch, Mapping) and "latents" in batch and "timesteps" in batch
+    if source in ("auto", "trajectory") and is_traj:
+        return _from_trajectory(batch, models)
+    videos = batch_videos(batch)
+    if source in ("auto", "videos") and videos is not None:
+        return _from_videos(videos, batch_prompts(batch), batch, models)
+    raise UserError(f"reward feedback (source={source!r}) found no x0 prediction: no models.cache[{STUDENT_X0!r}] "
+                    "from another objective, no trajectory key points and no real videos in the batch")
+
+
+class RewardFeedback(Objective):
+    """T2V-Turbo's mixed reward feedback: critics score the student's decoded one-step x0 prediction.
+
+    Args:
+        critics: ``{name: beta}``; each name is a critic the distillation module holds (``model.critics``).
+        weight: multiplies the whole sum (the betas already weight each critic; keep 1).
+        source: where the x0 prediction comes from: ``auto``, ``cache``, ``trajectory`` or ``videos``.
+
+    Returns ``reward_<name>`` = ``-beta * mean(score)`` per critic (the loss terms, logged as
+    ``loss/reward_<name>``) and ``<name>`` = the mean score itself (logged as ``reward/<name>``).
+    """
+
+    name = "reward"
+    needs = frozenset({"critics"})
+
+    def __init__(self, critics: dict[str, float], weight: float = 1.0, source: str = "auto") -> None:
+        super().__init__(weight)
+        if not critics:
+            raise UserError("RewardFeedback.critics is empty: give {critic name: beta}, e.g. {toy-video: 1.0}")
+        if source not in SOURCES:
+            raise UserError(f"unknown reward source {source!r}; valid choices: {', '.join(SOURCES)}")
+        self.betas = {str(name): float(beta) for name, beta in critics.items()}
+        self.source = source
+        self.critic_names = tuple(self.betas)
+        self.loss_terms = tuple(f"reward_{name}" for name in self.betas)
+
+    def forward(self, batch: Any, models: Models) -> dict[str, Tensor]:
+        check_critic_names([self], models.critics or {})
+        prompts = batch_prompts(batch)
+        pixels = models.student.decode_latents(student_x0(batch, models, self.source))  # [B, T, 3, H, W]
+        out: dict[str, Tensor] = {}
+        for name, beta in self.betas.items():
+            score = models.critics[name](pixels, prompts)
+            out[f"reward_{name}"] = -beta * score.mean()
+            out[name] = score.detach().mean()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"critics={self.betas}, weight={self.weight:g}, source={self.source!r}"
+
+
+def check_critic_names(objectives: Iterable[nn.Module], critics: Mapping[str, nn.Module]) -> None:
+    """A :class:`UserError` for each objective naming critics (``critic_names``) that ``critics`` lacks."""
+    for obj in objectives:
+        missing = [n for n in getattr(obj, "critic_names", ()) if n not in critics]
+        if missing:
+            raise UserError(f"{type(obj).__name__} uses critics {missing}, but model.critics has "
+                            f"{sorted(critics) or 'none'}; add them, e.g. "
+                            f"critics: {{{missing[0]}: {{checkpoint: ...}}}}")
+
+
+def build_critics(specs: Mapping[str, Any] | Iterable[str] | None) -> nn.ModuleDict:
+    """Frozen, eval-mode critics by the names objectives use, from config specs.
+
+    Args:
+        specs: ``{name: spec}`` or a list of names (each ``{name: {}}``). A spec is a built :class:`Critic`, a
+            checkpoint string, nothing (``{}`` / ``None``), or the options of :func:`~vdistill.critics.load_critic` plus ``critic`` (the
+            registered name, default: the key, so one critic can be held twice under two names) and
+            ``grad_checkpointing`` (recompute the critic's activations in backward: less memory). Without a
+            ``checkpoint``, critics with shipped weights (the toy critics) load them; ``checkpoint: null`` gives
+            random weights (tests only).
+    """
+    if specs is None:
+        return nn.ModuleDict()
+    if not isinstance(specs, Mapping):
+        specs = {str(name): {} for name in specs}
+    built = {}
+    for name, spec in specs.items():
+        if isinstance(spec, Critic):
+            built[name] = spec.freeze()
+            continue
+        opts = {} if spec is None else {"checkpoint": spec} if isinstance(spec, str) else dict(spec)
+        registered = opts.pop("critic", name)
+        checkpointing = bool(opts.pop("grad_checkpointing", False))
+        if "checkpoint" not in opts:
+            if registered not in SHIPPED_CRITICS:
+                raise UserError(f"critic {name!r} ({registered}) needs a checkpoint: model.critics: "
+                                f"{{{name}: {{checkpoint: path/to/official/file}}}}")
+            opts["checkpoint"] = "shipped"
+        if opts["checkpoint"] is None:
+            rank_zero_warn(f"critic {name!r} has no checkpoint: random weights (only useful in tests)")
+        critic = load_critic(registered, **opts)
+        if checkpointing:
+            critic.set_grad_checkpointing(True)
+        built[name] = critic
+    return nn.ModuleDict(built)
