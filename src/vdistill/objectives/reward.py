@@ -168,8 +168,9 @@ def build_critics(specs: Mapping[str, Any] | Iterable[str] | None) -> nn.ModuleD
 
     Args:
         specs: ``{name: spec}`` or a list of names (each ``{name: {}}``). A spec is a built :class:`Critic`, a
-            checkpoint string, nothing (``{}`` / ``None``), or the options of :func:`~vdistill.critics.load_critic` plus ``critic`` (the
-            registered name, default: the key, so one critic can be held twice under two names) and
+            checkpoint string, nothing (``{}`` / ``None``), or the options of
+            :func:`~vdistill.critics.load_critic` plus ``critic`` (the registered name, default: the key, so one
+            critic can be held twice under two names) and
             ``grad_checkpointing`` (recompute the critic's activations in backward: less memory). Without a
             ``checkpoint``, critics with shipped weights (the toy critics) load them; ``checkpoint: null`` gives
             random weights (tests only).
