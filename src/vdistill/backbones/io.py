@@ -33,6 +33,11 @@ SHIPPED = {"toy-flow": ASSETS / "toy-flow", "toy-ddpm": ASSETS / "toy-ddpm"}
 CKPT_PREFIXES = ("student.", "backbone.")
 
 
+def shipped_models() -> list[str]:
+    """The shipped model names whose weights are present in this installation."""
+    return [name for name, folder in SHIPPED.items() if (folder / "backbone.yaml").is_file()]
+
+
 def save_backbone(model: Backbone, folder: str | Path) -> Path:
     """Write ``backbone.yaml`` + ``model.safetensors`` to ``folder`` (atomically per file)."""
     folder = Path(folder)

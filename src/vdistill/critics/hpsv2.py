@@ -49,7 +49,21 @@ HPSV2_SIZES = {
 }
 
 
-class HPSv2Critic(Critic):
+class OpenClipCritic(Critic):
+    """An image critic around an open_clip ``CLIP`` (``self.model``, ``self.tokenizer``); subclasses set the
+    preprocessing."""
+
+    def _encode(self, pixels: Tensor) -> Tensor:
+        return self.model.encode_image(self.preprocess(pixels))
+
+    def _encode_text(self, prompts: list[str]) -> Tensor:
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+
+class HPSv2Critic(OpenClipCritic):
     """HPSv2(.1) image critic: per-frame cosine between open_clip image and text embeddings.
 
     Args:
@@ -70,15 +84,6 @@ class HPSv2Critic(Critic):
     def preprocess(self, frames: Tensor) -> Tensor:
         """``[N, 3, H, W]`` in [0, 1] -> normalised ``[N, 3, 224, 224]`` (longest side, zero pad)."""
         return normalize(resize_longest_and_pad(frames, self.image_size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-
-    def _encode(self, pixels: Tensor) -> Tensor:
-        return self.model.encode_image(self.preprocess(pixels))
-
-    def _encode_text(self, prompts: list[str]) -> Tensor:
-        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
 
 
 def build_hpsv2_model(checkpoint: str | Path | None, size: str | OpenClipConfig = "full",

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from vdistill.critics.base import Critic
 from vdistill.critics.checkpoint import load_strict, require_path
+from vdistill.critics.hpsv2 import OpenClipCritic
 from vdistill.critics.preprocess import normalize, resize_shortest_and_center_crop
 from vdistill.critics.registry import register_critic, resolve_size
 from vdistill.critics.viclip import ViCLIP, ViCLIPConfig, ViCLIPCritic
@@ -99,7 +100,7 @@ def build_toy_clip(cfg: ViCLIPConfig) -> open_clip.CLIP:
     return open_clip.CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision, text_cfg=text)
 
 
-class ToyImageCritic(Critic):
+class ToyImageCritic(OpenClipCritic):
     """The toy image critic: per-frame cosine of open_clip ``CLIP`` embeddings, averaged over random frames.
 
     Args:
@@ -120,15 +121,6 @@ class ToyImageCritic(Critic):
     def preprocess(self, frames: Tensor) -> Tensor:
         """``[N, 3, H, W]`` in [0, 1] -> ``[N, 3, S, S]`` in [-1, 1] (shortest side to S, centre crop)."""
         return normalize(resize_shortest_and_center_crop(frames, self.cfg.image_size), TOY_MEAN, TOY_STD)
-
-    def _encode(self, pixels: Tensor) -> Tensor:
-        return self.model.encode_image(self.preprocess(pixels))
-
-    def _encode_text(self, prompts: list[str]) -> Tensor:
-        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
 
     def logit_scale(self) -> Tensor:
         """The learnable contrastive scale ``exp(logit_scale)`` (CLIP), clamped at 100; unused for scoring."""
