@@ -124,7 +124,8 @@ class Backbone(RecordsInit, nn.Module, ABC):
         ``[B, C, T, H, W]``. Default: blocks that return ``[B, C, T', h, w]`` (or a tuple starting with it)."""
         out = output[0] if isinstance(output, (tuple, list)) else output
         if out.ndim != 5:
-            raise NotImplementedError(f"{type(self).__name__}: cannot read a {out.ndim}-D block output as frames")
+            raise UserError(f"{type(self).__name__}: cannot read a {out.ndim}-D block output as frames; "
+                            "implement feature_frames for this family")
         return out.transpose(1, 2)
 
     def set_key_timesteps(self, timesteps: Sequence[float]) -> None:

@@ -14,6 +14,7 @@ module calls ``.train()``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -49,7 +50,7 @@ def gather_frames(videos: Tensor, idx: Tensor) -> Tensor:
     return videos[torch.arange(videos.shape[0], device=videos.device)[:, None], idx]
 
 
-class Critic(nn.Module):
+class Critic(nn.Module, ABC):
     """A frozen reward model scoring videos against prompts.
 
     Subclasses set ``name`` and ``kind`` and implement :meth:`_encode` (frames or clips -> raw features) and
@@ -69,13 +70,13 @@ class Critic(nn.Module):
         self.frames = int(num_frames)
 
     # ---- what a subclass provides -------------------------------------------------------------------------
+    @abstractmethod
     def _encode(self, pixels: Tensor) -> Tensor:
         """Image critics: ``[N, 3, H, W]``; video critics: ``[B, n, 3, H, W]``; in [0, 1] -> ``[*, D]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _encode_text(self, prompts: list[str]) -> Tensor:
         """``list[str]`` -> ``[N, D]`` (not yet normalised)."""
-        raise NotImplementedError
 
     def score_scale(self) -> Tensor | float:
         """Multiplies the cosine to give the official score (1 for all but PickScore's logit scale)."""

@@ -16,6 +16,7 @@ ONE backward, so each term must reach only the parameters it is meant to train (
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,7 @@ class Models:
         return have
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """Base class of distillation objectives.
 
     Args:
@@ -104,9 +105,9 @@ class Objective(nn.Module):
         super().__init__()
         self.weight = float(weight)
 
+    @abstractmethod
     def forward(self, batch: dict, models: Models) -> dict[str, Tensor]:
         """Named loss terms (unweighted scalars, the keys of ``loss_terms``) and detached diagnostics."""
-        raise NotImplementedError
 
     def prepare_student(self, student: Backbone) -> None:
         """Adapt the freshly made student to this objective (e.g. add a guidance embedding); default: nothing."""
