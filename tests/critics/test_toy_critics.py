@@ -107,7 +107,7 @@ def test_infonce_is_clip_loss_without_duplicates_and_ignores_them_as_negatives()
 def test_training_smoke_loss_decreases_and_exports(tmp_path):
     L.seed_everything(0)
     # the shipped size (260K parameters each) on a reduced world: the tiny size tends to collapse at first
-    model = CriticTraining(size="default", lr=1e-3, warmup_steps=5, export_dir=str(tmp_path / "export"))
+    model = CriticTraining(critic_size="default", lr=1e-3, warmup_steps=5, export_dir=str(tmp_path / "export"))
     data = ToyVideos(batch_size=16, num_frames=4, size=8, samples_per_epoch=16 * 30)
     fixed = next(iter(data._fixed(seed=123, n=64)))  # same 64 videos before and after
 
@@ -117,7 +117,9 @@ def test_training_smoke_loss_decreases_and_exports(tmp_path):
 
     torch.manual_seed(0)
     before = losses()
-    trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
+    # a real logger: its hparams merge with the datamodule's (both once had a `size`: fit failed at start)
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path / "logs")
+    trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     torch.manual_seed(0)
@@ -133,7 +135,7 @@ def test_training_smoke_loss_decreases_and_exports(tmp_path):
 
 def test_critic_training_rejects_other_critics():
     with pytest.raises(UserError, match="CriticTraining trains"):
-        CriticTraining(critics=("hpsv2",), size="tiny")
+        CriticTraining(critics=("hpsv2",), critic_size="tiny")
 
 
 def test_report_on_a_tiny_critic(critic):

@@ -64,7 +64,7 @@ class CriticTraining(L.LightningModule):
 
     Args:
         critics: which critics to train.
-        size: their size (``default`` ships; ``tiny`` for tests).
+        critic_size: their size (``default`` ships; ``tiny`` for tests).
         lr: AdamW peak learning rate (linear warm-up, cosine decay to ``min_lr_ratio * lr``).
         weight_decay: AdamW weight decay of matrices (gains, biases, embeddings and temperatures are not decayed).
         warmup_steps: warm-up length in optimizer steps.
@@ -74,7 +74,7 @@ class CriticTraining(L.LightningModule):
             ``src/vdistill/assets/critics/<name>.safetensors``).
     """
 
-    def __init__(self, critics: tuple[str, ...] = TRAINABLE, size: str = "default", lr: float = 1e-3,
+    def __init__(self, critics: tuple[str, ...] = TRAINABLE, critic_size: str = "default", lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_steps: int = 200, min_lr_ratio: float = 0.05,
                  image_frames: int = 2, export_dir: str | None = None) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class CriticTraining(L.LightningModule):
         unknown = sorted(set(critics) - set(TRAINABLE))
         if unknown or not critics:
             raise UserError(f"CriticTraining trains {list(TRAINABLE)}; got {list(critics)}")
-        self.critics = nn.ModuleDict({name: CRITICS[name](checkpoint=None, size=size) for name in critics})
+        self.critics = nn.ModuleDict({name: CRITICS[name](checkpoint=None, size=critic_size) for name in critics})
         self.critics.requires_grad_(True)
         self.captions = [c.text for c in all_captions()]
 
