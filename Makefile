@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean teachers teacher-table accvideo
+.PHONY: demo test venv clean teachers teacher-table accvideo critics turbo
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ teachers: $(STAMP)
 
 # The README's teacher table: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
 teacher-table: $(STAMP)
-	$(VENV)/bin/vdistill demo --steps 50 8 4 2 1 --repeat 4 --out runs/toy/teachers
+	$(VENV)/bin/vdistill bench experiments/toy/teachers_bench.yaml
 
 # AccVideo in the toy world (issue 3): synthesise the flow teacher's trajectories (key points 0, 25, 50 of 50
 # Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
@@ -41,6 +41,23 @@ accvideo: $(STAMP)
 	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml
 	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml
 	$(VENV)/bin/vdistill bench experiments/toy/accvideo_bench.yaml
+
+# The toy critics (toy-image, toy-video), trained contrastively on the toy world and copied into the package.
+critics: $(STAMP)
+	$(VENV)/bin/vdistill fit --config experiments/toy/critics.yaml
+	mkdir -p src/vdistill/assets/critics
+	cp runs/toy/critics/export/toy-*.safetensors src/vdistill/assets/critics/
+	$(VENV)/bin/vdistill critic-report --critic toy-image
+	$(VENV)/bin/vdistill critic-report --critic toy-video
+
+# T2V-Turbo in the toy world (issue 4): consistency distillation of the DDPM teacher alone (the VCM baseline) and
+# with image, video and both toy rewards, then one ToyBench table (students at 4 and 2 steps) under runs/toy/turbo/.
+turbo: $(STAMP)
+	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml
+	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_image.yaml
+	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_video.yaml
+	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml
+	$(VENV)/bin/vdistill bench experiments/toy/turbo_bench.yaml
 
 clean:
 	rm -rf runs lightning_logs

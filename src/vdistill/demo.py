@@ -1,32 +1,120 @@
-"""``vdistill demo``: sample the shipped toy teachers at several step counts and print their ToyBench table.
+"""``vdistill demo``: the whole pipeline in the toy world, on a CPU, in minutes.
 
-Writes ``OUT/samples/<model>_<steps>steps/`` (``videos.npz``, mp4s, ``grid.gif``, ``toybench.json``) and
-``OUT/toybench.md`` + ``OUT/toybench.json`` with one row per (model, steps), speed-ups against the first row.
+1. **synth**: the shipped flow teacher's own trajectories (50 Euler steps + CFG 3), key points 0, 25, 50 only;
+2. **distil**: a 2-step student with trajectory guidance + adversarial alignment + reward feedback from the toy
+   critics (``experiments/toy/demo.yaml``), plus the callback fragments (EMA, video samples, ...);
+3. **bench**: teacher 50 steps + CFG, teacher at the student's 2 steps + CFG and the student, on the same prompts
+   and seeds, with the speed-ups measured in the same run.
+
+Everything goes under ``--out`` (default ``runs/demo``): ``synvid/`` (the trajectories), ``train/`` (TensorBoard
+logs, checkpoints, ``export/``), ``samples/<row>/`` (``videos.npz``, mp4s, ``grid.gif``), ``toybench.md``,
+``toybench.json`` and ``stages.json`` (seconds per stage). A rerun continues: the trajectory set resumes, a
+finished training is reused (``--fresh`` starts over).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import time
+from pathlib import Path
 
-from vdistill.backbones.io import SHIPPED, shipped_models
+from vdistill.backbones.io import load_backbone
 from vdistill.bench import run_bench
+from vdistill.data.prompts import load_prompts
+from vdistill.errors import UserError
+from vdistill.synth.writer import synthesize
+
+#: the repository's experiment and callback folders (the demo runs from a source checkout: `make demo`)
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "experiments" / "toy" / "demo.yaml"
+FRAGMENTS = ("ema.yaml", "video_samples.yaml")
+TEACHER = "toy-flow"
+KEY_INDICES = (0, 25, 50)
+
+
+def train_args(out: Path, steps: int | None, fragments: list[Path]) -> list[str]:
+    """The ``vdistill fit`` arguments of the distillation stage, every path under ``out``."""
+    args = ["fit", "--config", str(CONFIG)]
+    for frag in fragments:
+        args += ["--config", str(frag)]
+    args += ["--trainer.default_root_dir", str(out / "train"), "--data.init_args.root", str(out / "synvid"),
+             "--trainer.callbacks+=ExportBackbone", "--trainer.callbacks.dirpath", str(out / "train" / "export"),
+             "--trainer.callbacks.attr", "student",
+             "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(out / "train" / "checkpoints"),
+             "--trainer.callbacks.save_last", "true", "--trainer.callbacks.every_n_train_steps", "50"]
+    if steps is not None:
+        args += ["--trainer.max_steps", str(steps)]
+    return args
+
+
+def _stage(name: str, times: dict[str, float], out: Path):
+    class Timer:
+        def __enter__(self):
+            print(f"\n=== {name} ===", flush=True)
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                times[name] = round(time.perf_counter() - self.start, 1)
+                print(f"=== {name}: {times[name]:.0f} s ===", flush=True)
+                (out / "stages.json").write_text(json.dumps(times, indent=2))
+
+    return Timer()
 
 
 def run(argv: list[str]) -> dict[str, dict]:
-    p = argparse.ArgumentParser(prog="vdistill demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="vdistill demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--models", nargs="+", default=None,
-                   help=f"models to sample (default: the shipped ones present: {', '.join(SHIPPED)})")
-    p.add_argument("--steps", nargs="+", type=int, default=[50, 4], help="step counts")
-    p.add_argument("--repeat", type=int, default=2, help="videos per toy prompt (48 prompts)")
+    p.add_argument("--prompts", default="toy", help="'toy' (the 48 toy captions) or a text file, one prompt a line")
+    p.add_argument("--repeat", type=int, default=2, help="trajectories per prompt")
+    p.add_argument("--bench-repeat", type=int, default=2, help="videos per prompt in the table")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the demo config's)")
+    p.add_argument("--no-callbacks", action="store_true", help=f"leave out callbacks/{{{','.join(FRAGMENTS)}}}")
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.models is None:
-        args.models = shipped_models()
-        missing = sorted(set(SHIPPED) - set(args.models))
-        if missing:
-            print(f"note: shipped teacher(s) {', '.join(missing)} are not in this installation (make teachers)")
-    rows = [{"name": f"{m}_{s}steps", "model": m, "steps": s} for m in args.models for s in args.steps]
-    results = run_bench(rows, args.out, "toy", args.repeat, args.seed, reference=rows[0]["name"])
-    print(f"\nsamples (GIF grids, mp4, videos.npz) under {args.out}/samples/; table in {args.out}/toybench.md")
+    if not CONFIG.is_file():
+        raise UserError(f"the demo runs from a source checkout: {CONFIG} is missing")
+    fragments = [] if args.no_callbacks else [ROOT / "callbacks" / f for f in FRAGMENTS]
+    missing = [str(f) for f in fragments if not f.is_file()]
+    if missing:
+        raise UserError(f"callback fragment(s) {missing} are missing (or pass --no-callbacks)")
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    with _stage("1/3 synth: the teacher's trajectories", times, out):
+        teacher = load_backbone(TEACHER)
+        synthesize(teacher, load_prompts(args.prompts, repeat=args.repeat), out / "synvid", key_indices=KEY_INDICES,
+                   dtype="float32", seed=args.seed)
+
+    export = out / "train" / "export"
+    with _stage("2/3 distil: trajectory + adversarial + reward", times, out):
+        if (export / "model.safetensors").is_file():
+            print(f"reusing the finished training in {out / 'train'} (--fresh to train again)")
+        else:
+            from vdistill.cli import VDistillCLI
+
+            last = out / "train" / "checkpoints" / "last.ckpt"
+            fit = train_args(out, args.max_steps, fragments)
+            if last.is_file():  # a killed demo continues where it stopped
+                print(f"resuming from {last}")
+                fit += ["--ckpt_path", str(last)]
+            print("vdistill " + " ".join(fit), flush=True)
+            VDistillCLI(args=fit)
+
+    with _stage("3/3 bench: teacher vs student", times, out):
+        rows = [{"name": "teacher_50steps_cfg", "model": TEACHER, "steps": 50},
+                {"name": "teacher_2steps_cfg", "model": TEACHER, "steps": 2},
+                {"name": "student_2steps", "model": str(export)}]
+        results = run_bench(rows, out, args.prompts, args.bench_repeat, args.seed, reference=rows[0]["name"])
+
+    print("\nseconds per stage: " + ", ".join(f"{k.split(':')[0]} {v:.0f}" for k, v in times.items()))
+    print(f"samples (GIF grids, mp4, videos.npz) under {out}/samples/; table in {out}/toybench.md")
+    print(f"training curves and video samples:  tensorboard --logdir {out / 'train'}")
     return results

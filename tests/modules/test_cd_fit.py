@@ -195,7 +195,7 @@ def test_toy_recipe_through_the_cli(teachers, tmp_path, monkeypatch, capsys):
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    recipe = str(ROOT / "experiments/toy/turbo_cd.yaml")
+    recipe = str(ROOT / "experiments/toy/turbo.yaml")
     with pytest.raises(SystemExit):
         main(["fit", "--config", recipe, "--print_config"])
     printed = capsys.readouterr().out
