@@ -10,9 +10,9 @@ import inspect
 
 import lightning as L
 
+from vdistill import callbacks  # noqa: F401  (every callback)
 from vdistill.backbones import toy  # noqa: F401
 from vdistill.backbones.base import Backbone
-from vdistill.callbacks import export  # noqa: F401
 from vdistill.data import toy as toy_data  # noqa: F401
 from vdistill.diffusion.schedules import NoiseSchedule
 from vdistill.modules import critic_training, distill, teacher  # noqa: F401

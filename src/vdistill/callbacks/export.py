@@ -5,20 +5,32 @@ from __future__ import annotations
 import lightning as L
 
 from vdistill.backbones.io import save_backbone
+from vdistill.callbacks.ema import use_ema
+from vdistill.callbacks.periodic import backbone_of
 
 
 class ExportBackbone(L.Callback):
     """At the end of ``fit``, write ``backbone.yaml`` + ``model.safetensors`` of ``pl_module.<attr>`` to ``dirpath``.
 
+    With an :class:`~vdistill.callbacks.ema.EMA` callback in the trainer the EMA weights are exported (unless
+    ``ema`` is false); the checkpoints keep the online weights.
+
     Args:
         dirpath: the folder to write.
-        attr: which attribute of the LightningModule holds the backbone (``backbone`` or ``student``).
+        attr: which attribute of the LightningModule holds the backbone (``None``: ``student`` if there is one,
+            else ``backbone``).
+        ema: export the EMA weights when an EMA callback is present.
     """
 
-    def __init__(self, dirpath: str, attr: str = "backbone") -> None:
-        self.dirpath, self.attr = dirpath, attr
+    def __init__(self, dirpath: str, attr: str | None = None, ema: bool = True) -> None:
+        self.dirpath, self.attr, self.ema = dirpath, attr, ema
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        backbone_of(pl_module, self.attr)  # a wrong attr fails now, not after training
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            path = save_backbone(getattr(pl_module, self.attr), self.dirpath)
-            print(f"exported {self.attr} to {path}")
+        name, model = backbone_of(pl_module, self.attr)
+        with use_ema(trainer if self.ema else None, pl_module) as averaged:
+            if trainer.is_global_zero:
+                path = save_backbone(model, self.dirpath)
+                print(f"exported {name}{' (EMA weights)' if averaged else ''} to {path}")

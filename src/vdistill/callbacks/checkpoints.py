@@ -1,0 +1,55 @@
+"""Periodic checkpoints in the run's own folder, where a restarted run finds ``last.ckpt``
+(``callbacks/adapter_checkpoints.yaml``).
+
+What a checkpoint holds is the module's business: ``Distillation`` leaves the frozen teacher and critics out, and
+for a LoRA student whose teacher can be rebuilt (a shipped name, a path, a diffusers folder config) keeps only the
+adapters and the guidance projection (``vdistill export --ckpt`` merges them; ``vdistill sample --model`` loads
+them directly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vdistill.errors import UserError
+
+
+class PeriodicCheckpoints(ModelCheckpoint):
+    """Checkpoints every N optimizer steps + ``last.ckpt`` in ``<default_root_dir>/checkpoints`` (resumable).
+
+    A ``ModelCheckpoint`` with ``every_n_train_steps``, in ``<trainer.default_root_dir>/checkpoints`` by default.
+
+    Lightning's own default folder is the logger's ``version_N/checkpoints``, and a restarted process gets a new
+    version, so ``--ckpt_path last`` would find nothing; this folder does not change between restarts.
+
+    Args:
+        every_n_train_steps: save every this many optimizer steps.
+        save_top_k: how many periodic checkpoints to keep (-1: all, 0: only ``last.ckpt``).
+        save_last: also keep ``last.ckpt`` (what ``--ckpt_path last`` resumes).
+        dirpath: the folder (``None``: ``<default_root_dir>/checkpoints``).
+        filename: file name pattern of the periodic checkpoints.
+    """
+
+    def __init__(self, every_n_train_steps: int = 500, save_top_k: int = -1, save_last: bool = True,
+                 dirpath: str | None = None, filename: str = "step_{step:06d}") -> None:
+        if every_n_train_steps < 1:
+            raise UserError(f"PeriodicCheckpoints: every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, filename=filename, every_n_train_steps=every_n_train_steps,
+                         save_top_k=save_top_k, save_last=save_last, auto_insert_metric_name=False)
+
+    def _run_folder(self, trainer: L.Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.realpath(Path(trainer.default_root_dir) / "checkpoints")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._run_folder(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        # called while resolving `ckpt_path="last"`, before setup
+        self._run_folder(trainer)
+        return super()._find_last_checkpoints(trainer)

@@ -1,0 +1,48 @@
+"""callbacks/adapter_checkpoints.yaml through the CLI: a LoRA student's periodic checkpoints are adapter-only, load
+as a merged student, and ``--ckpt_path last`` resumes from the run folder after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from vdistill.backbones.io import load_backbone
+from vdistill.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_adapter_checkpoints_fragment_and_resume(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = {  # a LoRA recipe without checkpoint callbacks of its own
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "default_root_dir": "run", "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"class_path": "Distillation", "init_args": {
+            "teacher": str(toy / "teacher"), "student": {"mode": "lora", "lora_rank": 4}, "lr": 1e-2,
+            "objectives": [{"class_path": "TrajectoryGuidance"}]}},
+        "data": {"class_path": "TrajectoryData", "init_args": {"root": str(toy / "data"), "batch_size": 2}},
+    }
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(base))
+    args = ["fit", "--config", "lora.yaml", "--config", str(ROOT / "callbacks/adapter_checkpoints.yaml"),
+            "--trainer.callbacks.every_n_train_steps=1"]  # edits the callback the last fragment appended
+    main([*args, "--trainer.max_steps=2"])
+
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step_000001.ckpt", "step_000002.ckpt"]
+    saved = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    student_keys = [k for k in saved["state_dict"] if k.startswith("student.")]
+    assert student_keys and all("lora_" in k for k in student_keys)  # adapters only
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])
+    assert saved["vdistill_teacher"] == str((toy / "teacher").resolve())
+    student = load_backbone(folder / "step_000002.ckpt")  # merged onto the teacher's weights
+    assert student.defaults.steps == 2 and not any("lora_" in k for k in student.state_dict())
+
+    first = (folder / "step_000001.ckpt").stat().st_mtime_ns
+    main([*args, "--trainer.max_steps=3", "--ckpt_path=last"])  # a new process would find the same folder
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step_000001.ckpt", "step_000002.ckpt",
+                                                        "step_000003.ckpt"]
+    assert (folder / "step_000001.ckpt").stat().st_mtime_ns == first  # resumed at step 2, not restarted
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 3
