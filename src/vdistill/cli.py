@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import re
 import sys
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from vdistill import registry
 from vdistill.errors import UserError
+
+if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    # DeepSpeed (imported by jsonargparse for its strategy, by transformers when loading) logs a warning on STDOUT
+    # when it finds no GPU; naming its CPU backend keeps stdout clean for `--print_config > run.yaml`
+    os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 class VDistillCLI(LightningCLI):
@@ -29,6 +36,14 @@ class VDistillCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        # model and data are built, the Trainer (which starts logging) is not: a module whose objectives need what
+        # the data lacks (key points, real videos) fails here, in one line, before anything runs
+        check_data = getattr(self.model, "check_data", None)
+        if check_data is not None:
+            check_data(self.datamodule)
+        return super().instantiate_trainer(**kwargs)
 
 
 def cmd_list(argv: list[str]) -> None:
@@ -67,6 +82,7 @@ COMMANDS = {
     "bench": "vdistill.bench",
     "export": "vdistill.export",
     "critic-report": "vdistill.critics.report",
+    "sweep": "vdistill.sweep",
 }
 
 
@@ -80,8 +96,9 @@ our commands:
   synth      write a teacher's synthetic trajectory dataset (key points only; resumable, split by rank)
   bench      sample several models on the same prompts: one ToyBench table with measured speed-ups
   export     merge a (LoRA) student checkpoint into a folder that `vdistill sample` loads
-  demo       sample the shipped toy teachers and print their ToyBench table
+  demo       the whole pipeline in the toy world: synth, distil (trajectory + adversarial + reward), bench
   critic-report  how well a critic ranks toy captions and tracks the oracle (toy critics)
+  sweep      an ablation: a grid of config fragments, one fit each, one results table (resumable)
 """
 
 
@@ -101,6 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except UserError as err:
         print(f"vdistill: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as err:  # jsonargparse re-raises a constructor's UserError as the cause of a ValueError
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"vdistill: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -178,7 +178,7 @@ def test_recipe_runs_through_the_cli(tmp_path, monkeypatch):
     config = Path(__file__).resolve().parents[2] / "experiments/toy/critics.yaml"
     monkeypatch.chdir(tmp_path)  # the recipe writes under runs/
     monkeypatch.setattr("sys.argv", ["vdistill", "fit", "--config", str(config), "--trainer.max_steps", "2",
-                                     "--trainer.logger", "false", "--model.init_args.size", "tiny",
+                                     "--trainer.logger", "false", "--model.init_args.critic_size", "tiny",
                                      "--data.init_args.batch_size", "4", "--data.init_args.samples_per_epoch", "8",
                                      "--data.init_args.val_samples", "4"])
     main()

@@ -109,3 +109,60 @@ def test_student_of_a_guided_teacher_gets_its_own_guidance_embedding():
         student.guidance_proj.weight.mul_(5)
         assert torch.equal(teacher(x, t, text, w), before)  # the copied hook no longer reads the teacher's
         assert not torch.allclose(student(x, t, text, w), before)
+
+
+def _loss_and_grads(student, x, t, text, w):
+    student.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # ModelScope's temporal convs have dropout: the same masks in both runs
+    loss = student(x, t, text, w).float().square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("case", ["toy-full", "toy-lora", "modelscope", "wan"])
+def test_gradient_checkpointing_keeps_loss_and_gradients(case, request):
+    """The student recomputes its blocks in backward (more forward calls) and gets the same loss and gradients;
+    the teacher is left without checkpointing."""
+    if case.startswith("toy"):
+        teacher, shape, t = tiny_toy(), (2, 3, 4, 8, 8), torch.tensor([0.9, 0.3])
+    else:
+        from vdistill.backbones.modelscope import ModelScopeBackbone
+        from vdistill.backbones.wan import WanBackbone
+
+        cls = ModelScopeBackbone if case == "modelscope" else WanBackbone
+        teacher = cls(str(request.getfixturevalue(f"{case}_dir")))
+        shape, t = (2, *teacher.latent_shape(2 if case == "modelscope" else 5, 32, 32)), torch.tensor([900.0, 300.0])
+        if case == "wan":
+            t = t / 1000
+    lora = {"mode": "lora", "lora_rank": 4} if case == "toy-lora" else {}
+    torch.manual_seed(0)
+    x, w = torch.randn(shape), torch.tensor([2.0, 5.0])
+    text = teacher.encode_text(["a red circle moving left", "a blue square moving up"])
+    students = [make_student(teacher, guidance_embedding=True, gradient_checkpointing=ckpt, **lora)
+                for ckpt in (False, True)]
+    students[1].load_state_dict(students[0].state_dict())
+    calls = []
+    for student in students:
+        count = [0]
+        hooks = [m.register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+                 for m in student.denoiser.modules()]
+        loss, grads = _loss_and_grads(student, x, t, text, w)
+        for h in hooks:
+            h.remove()
+        calls.append((count[0], loss, grads))
+    (n_plain, loss_plain, grads_plain), (n_ckpt, loss_ckpt, grads_ckpt) = calls
+    assert n_ckpt > n_plain  # the checkpointed blocks ran again in backward
+    torch.testing.assert_close(loss_ckpt, loss_plain, rtol=0, atol=0)
+    assert grads_plain.keys() == grads_ckpt.keys() and any(n.startswith("guidance_proj.") for n in grads_plain)
+    for name, g in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], g, rtol=1e-6, atol=1e-7, msg=name)
+    assert not any(getattr(m, "gradient_checkpointing", False) or "forward" in vars(m)
+                   for m in teacher.denoiser.modules())
+
+
+def test_a_student_of_a_checkpointed_teacher_checkpoints_its_own_blocks():
+    teacher = tiny_toy()
+    teacher.enable_gradient_checkpointing()
+    student = make_student(teacher)
+    for mine, theirs in zip(student.denoiser.blocks, teacher.denoiser.blocks):
+        assert mine.forward.args[0] is mine and theirs.forward.args[0] is theirs

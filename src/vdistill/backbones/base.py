@@ -14,12 +14,14 @@ stored as it is in safetensors shards and batched with :func:`cat_text`.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vdistill.config import RecordsInit
 from vdistill.diffusion.guidance import apply_cfg, guidance_scale_embedding
@@ -51,6 +53,23 @@ def text_to(cond: TextCond, device: torch.device | str, dtype: torch.dtype | Non
     """Move a conditioning; floating tensors are cast to ``dtype`` when given, masks and ids keep theirs."""
     return {k: v.to(device, dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
             for k, v in cond.items()}
+
+
+def _checkpointed(module: nn.Module, forward, *args, **kwargs):
+    if torch.is_grad_enabled():
+        return checkpoint(forward, module, *args, use_reentrant=False, **kwargs)
+    return forward(module, *args, **kwargs)
+
+
+def checkpoint_forward(module: nn.Module) -> None:
+    """Make ``module`` recompute its activations in the backward pass (non-reentrant ``torch.utils.checkpoint``)
+    whenever gradients are on; its parameter names and forward hooks are unchanged (hooks see one call).
+
+    A ``functools.partial`` holding the module, not a closure: ``copy.deepcopy`` rebinds it to the copy (a student
+    made from a checkpointed teacher checkpoints its own blocks, not the teacher's).
+    """
+    if not isinstance(module.__dict__.get("forward"), functools.partial):
+        module.forward = functools.partial(_checkpointed, module, type(module).forward)
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,17 @@ class Backbone(RecordsInit, nn.Module, ABC):
             raise UserError(f"{type(self).__name__}: cannot read a {out.ndim}-D block output as frames; "
                             "implement feature_frames for this family")
         return out.transpose(1, 2)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the denoiser's block activations in the backward pass (less memory, about one more forward of
+        compute): the denoiser's own ``enable_gradient_checkpointing()`` where it has one that works (diffusers'
+        Wan transformer), else each of :meth:`feature_blocks` through :func:`checkpoint_forward` (the toy UNet;
+        diffusers' ``UNet3DConditionModel`` declares no support and its 3D blocks ignore the flag)."""
+        if getattr(self.denoiser, "_supports_gradient_checkpointing", False):
+            self.denoiser.enable_gradient_checkpointing()
+            return
+        for block in self.feature_blocks():
+            checkpoint_forward(block)
 
     def set_key_timesteps(self, timesteps: Sequence[float]) -> None:
         """Make a distilled student sample along its key timesteps (``len - 1`` steps, noisiest first) without

@@ -75,7 +75,7 @@ class ModelScopeBackbone(Backbone):
         self.schedule = schedule if schedule is not None else ddpm_schedule_from_config(read_scheduler_config(root))
         self.max_text_length = max_text_length
         if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+            self.enable_gradient_checkpointing()
         self.freeze_frozen_parts()
 
     @property

@@ -76,7 +76,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.dim))
+        return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
 class FactorisedResBlock(nn.Module):
@@ -210,7 +210,9 @@ class ToyBackbone(Backbone):
         self.freeze_frozen_parts()
 
     def denoise(self, latents: Tensor, model_t: Tensor, text: TextCond) -> Tensor:
-        return self.denoiser(latents, model_t, text["pooled"].to(latents.dtype))
+        # in the denoiser's dtype (a model cast to bf16, as DeepSpeed does, gets float32 latents from the solvers)
+        dtype = self.denoiser.stem.weight.dtype
+        return self.denoiser(latents.to(dtype), model_t, text["pooled"].to(dtype)).to(latents.dtype)
 
     def encode_text(self, prompts: list[str]) -> TextCond:
         return self.text_encoder(list(prompts))

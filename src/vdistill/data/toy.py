@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vdistill.data.resumable import resumable_loader
 from vdistill.world.captions import all_captions, toy_prompts
 from vdistill.world.render import WorldConfig, render
 
@@ -65,5 +66,6 @@ class ToyVideos(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = ToyVideoDataset(self.hparams.samples_per_epoch, self.hparams.seed, self.world)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True, num_workers=self.hparams.num_workers,
-                          drop_last=True, persistent_workers=self.hparams.num_workers > 0)
+        # resumable mid-epoch (same order, same position) and split between ranks
+        return resumable_loader(ds, self.trainer, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
+                                num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)

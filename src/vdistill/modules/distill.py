@@ -4,7 +4,13 @@ The AccVideo recipe is ``objectives: [TrajectoryGuidance, AdversarialAlignment]`
 ``TrajectoryData``. Every objective returns named loss terms; their weighted sum is the ONE loss of the step,
 optimised by ONE AdamW with a parameter group per trained part (student, discriminator heads). With automatic
 optimization and a single backward this runs unchanged under DDP, FSDP and DeepSpeed (which takes one
-optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.objectives.adversarial`).
+optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.objectives.adversarial`); the
+fragments in ``experiments/strategies/`` say what each shards. The consistency EMA target needs whole parameters:
+it is refused under FSDP and ZeRO-3.
+
+Resuming (``--ckpt_path last``) repeats the interrupted run exactly: besides what Lightning restores, checkpoints
+keep every rank's RNG state and fake queues (:mod:`vdistill.modules.resume`), set back at ``on_train_start``, and
+the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
 """
 
 from __future__ import annotations
@@ -22,10 +28,18 @@ from vdistill.backbones.io import backbone_record, load_backbone
 from vdistill.errors import UserError
 from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.ema import EMAWeights
+from vdistill.modules.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
 from vdistill.modules.student import StudentConfig, is_lora, make_student, teacher_reference
 from vdistill.objectives.base import Models, Objective, check_needs
 from vdistill.objectives.reward import build_critics, check_critic_names
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
+
+
+def shards_parameters(strategy: object) -> bool:
+    """Whether ``strategy`` keeps only a shard of each parameter outside the forward (FSDP, DeepSpeed ZeRO-3)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(getattr(strategy, "zero_stage_3", False))
 
 
 class Distillation(L.LightningModule):
@@ -96,6 +110,7 @@ class Distillation(L.LightningModule):
         self.target = None if target_ema_decay is None else EMAWeights(self.student, target_ema_decay)
         self._teacher_ref = teacher_reference(teacher)
         self.key_timesteps: tuple[float, ...] | None = None
+        self._resume_state: dict | None = None  # this rank's RNG and fake queues from the checkpoint resumed
         # the frozen teacher is rebuilt from the config, not saved: resuming must not ask for its weights
         self.strict_loading = False
 
@@ -120,14 +135,23 @@ class Distillation(L.LightningModule):
         if self.discriminator is not None:
             self.discriminator.bind(self.teacher, times[1:])
 
+    def check_data(self, datamodule: L.LightningDataModule | None) -> None:
+        """Refuse data that lacks what an objective needs (``trajectory``, ``videos``: the datamodule's
+        ``provides``); the CLI calls it right after parsing, ``setup`` again."""
+        provides = set(getattr(datamodule, "provides", ()))
+        if isinstance(getattr(datamodule, "dataset", None), TrajectoryDataset):
+            provides.add("trajectory")
+        what = type(datamodule).__name__ if datamodule is not None else "not a datamodule"
+        check_needs(self.objectives, self.models().available() | provides, where=f"(the data is {what})")
+
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
+        self.check_data(dm)
+        if self.target is not None and shards_parameters(self.trainer.strategy):
+            raise UserError(f"the EMA target (target_ema_decay) needs whole parameters, and "
+                            f"{type(self.trainer.strategy).__name__} shards them: use ddp or deepspeed_zero2, or the "
+                            "online target (target_ema_decay: null, T2V-Turbo's code)")
         dataset = getattr(dm, "dataset", None)
-        provides = set(getattr(dm, "provides", ()))
-        if isinstance(dataset, TrajectoryDataset):
-            provides.add("trajectory")
-        check_needs(self.objectives, self.models().available() | provides,
-                    where=f"(the data is {type(dm).__name__ if dm is not None else 'not a datamodule'})")
         if isinstance(dataset, TrajectoryDataset):
             check_teacher(dataset.manifest, self.teacher, dataset.root)
             self.bind_key_timesteps(dataset.timesteps.tolist())
@@ -173,6 +197,13 @@ class Distillation(L.LightningModule):
         if self.target is not None:  # the EMA target follows the student once per optimizer step
             self.target.update(self.student)
 
+    def on_train_start(self) -> None:
+        # a resumed run: this rank's RNG and fake queues as they were at the checkpoint, set after every other
+        # start-up step that may draw random numbers (an uninterrupted run drew them before its first step)
+        if self._resume_state is not None:
+            apply_rank_state(self, self._resume_state)
+            self._resume_state = None
+
     # -- checkpoints -----------------------------------------------------------------------------------
     def _unsaved_prefixes(self) -> tuple[str, ...]:
         """The frozen teacher and critics, and the student's frozen parts that its constructor reloads from its own
@@ -186,7 +217,8 @@ class Distillation(L.LightningModule):
         """The keys a checkpoint keeps: not the unsaved prefixes, and for an adapter-only LoRA checkpoint no
         student weight but the trainable ones (the frozen base weights are the teacher's)."""
         drop = self._unsaved_prefixes()
-        trained = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
+        trained = {f"student.{n}".replace("_fsdp_wrapped_module.", "")  # FSDP's state dict has clean names
+                   for n, p in self.student.named_parameters() if p.requires_grad}
         adapter_only = self._adapter_only()
         return [k for k in keys if not k.startswith(drop)
                 and not (adapter_only and k.startswith("student.") and k not in trained)]
@@ -196,13 +228,21 @@ class Distillation(L.LightningModule):
         checkpoint["vdistill_key_timesteps"] = None if self.key_timesteps is None else list(self.key_timesteps)
         if self._adapter_only():
             checkpoint["vdistill_teacher"] = self._teacher_ref
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: state[k] for k in self._saved(state)}
+        if "state_dict" in checkpoint:  # DeepSpeed writes the module's weights itself
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: state[k] for k in self._saved(state)}
+        if self._trainer is not None:  # every rank's RNG and fake queues (a collective: all ranks save)
+            checkpoint["vdistill_rank_states"] = gather_rank_states(rank_state(self))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         times = checkpoint.get("vdistill_key_timesteps")
         if times is not None and self.key_timesteps is None:  # load_from_checkpoint: no data to read them from
             self.bind_key_timesteps(times)
+        if self._trainer is not None:
+            self._resume_state = pick_rank_state(checkpoint.get("vdistill_rank_states"), self.trainer.global_rank,
+                                                 self.trainer.world_size)
+        if "state_dict" not in checkpoint:  # DeepSpeed loads the module's weights itself
+            return
         missing = sorted(k for k in self._saved(self.state_dict()) if k not in checkpoint["state_dict"])
         if missing:
             raise UserError(f"the checkpoint does not match this distillation run: missing {missing[:8]}"

@@ -40,6 +40,8 @@ class StudentConfig:
         target_modules: peft ``target_modules`` (names, matched as suffixes, or one regex); ``None``: the family
             default of :data:`LORA_DEFAULTS`.
         guidance_embedding: add the trainable guidance-scale embedding (students fed an embedded guidance scale).
+        gradient_checkpointing: recompute the student denoiser's block activations in the backward pass (less
+            activation memory for about one more forward of compute; the frozen teacher is left as it is).
     """
 
     mode: str = "full"
@@ -47,6 +49,7 @@ class StudentConfig:
     lora_alpha: float | None = None
     target_modules: list[str] | str | None = None
     guidance_embedding: bool = False
+    gradient_checkpointing: bool = False
 
 
 def default_lora_targets(model: Backbone) -> str:
@@ -131,7 +134,8 @@ def load_lora_state_dict(model: Backbone, state: dict[str, Tensor]) -> None:
 
 
 def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lora_alpha: float | None = None,
-                 target_modules: list[str] | str | None = None, guidance_embedding: bool = False) -> Backbone:
+                 target_modules: list[str] | str | None = None, guidance_embedding: bool = False,
+                 gradient_checkpointing: bool = False) -> Backbone:
     """A student made from ``teacher`` (see :class:`StudentConfig` for the arguments).
 
     The teacher's frozen parts (text encoder, VAE) are shared, not copied; the denoiser is a deep copy whose
@@ -154,6 +158,8 @@ def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lor
         apply_lora(student, lora_rank, lora_alpha, target_modules)
     if guidance_embedding or student.guidance_proj is not None:
         student.enable_guidance_embedding().requires_grad_(True)
+    if gradient_checkpointing:
+        student.enable_gradient_checkpointing()
     return student.train()
 
 

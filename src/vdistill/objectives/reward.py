@@ -198,4 +198,16 @@ def build_critics(specs: Mapping[str, Any] | Iterable[str] | None) -> nn.ModuleD
         if checkpointing:
             critic.set_grad_checkpointing(True)
         built[name] = critic
+    for critic in built.values():
+        scalars_as_buffers(critic)
     return nn.ModuleDict(built)
+
+
+def scalars_as_buffers(module: nn.Module) -> None:
+    """Turn a frozen module's 0-dim parameters (open_clip's and CLIP's ``logit_scale``) into buffers of the same
+    name and value: FSDP refuses to wrap a module with scalar parameters, and a frozen critic's need not be ones."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.ndim == 0:
+                del sub._parameters[name]
+                sub.register_buffer(name, p.detach())

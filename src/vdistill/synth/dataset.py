@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vdistill.backbones.base import Backbone
+from vdistill.data.resumable import resumable_loader
 from vdistill.errors import UserError
 from vdistill.synth.shards import check_shard, load_manifest, open_shard, settings_diff
 
@@ -129,7 +130,12 @@ class TrajectoryData(L.LightningDataModule):
         num_workers: DataLoader workers (each opens its own shards).
         shuffle: shuffle samples each epoch.
         dtype: ``float32``, ``bfloat16``, ... for float tensors; None keeps the stored dtype.
+
+    Training batches are teacher key points: what trajectory guidance and adversarial alignment need
+    (``provides``).
     """
+
+    provides = ("trajectory",)
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, shuffle: bool = True,
                  dtype: str | None = None) -> None:
@@ -151,7 +157,7 @@ class TrajectoryData(L.LightningDataModule):
             self.build()
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.dataset or self.build()
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=self.hparams.shuffle, collate_fn=collate,
-                          num_workers=self.hparams.num_workers, drop_last=len(ds) >= self.hparams.batch_size,
-                          persistent_workers=self.hparams.num_workers > 0)
+        # resumable mid-epoch (same order, same position) and split between ranks
+        return resumable_loader(self.dataset or self.build(), self.trainer, batch_size=self.hparams.batch_size,
+                                shuffle=self.hparams.shuffle, drop_last=True, collate_fn=collate,
+                                num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)

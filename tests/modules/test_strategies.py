@@ -1,0 +1,327 @@
+"""The strategy fragments (``experiments/strategies/``) and the precision switches.
+
+DDP runs for real: the CLI with ``ddp.yaml`` and 2 gloo processes on CPU. Lightning runs FSDP and DeepSpeed on GPUs
+only, so their fragments are parsed and their strategy objects built here; on top of that, the distillation step
+is sharded with torch's FSDP itself on 2 CPU processes, with ``fsdp.yaml``'s wrap policy, and must give the weights
+of the unsharded step.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from vdistill.cli import VDistillCLI, main
+from vdistill.data.toy import ToyVideos
+from vdistill.modules.discriminator import Discriminator
+from vdistill.modules.distill import Distillation
+from vdistill.modules.student import StudentConfig
+from vdistill.objectives import AdversarialAlignment, ConsistencyDistillation, TrajectoryGuidance
+from vdistill.objectives.reward import RewardFeedback
+from vdistill.synth import TrajectoryData
+
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ROOT / "experiments" / "strategies"
+ACCVIDEO = str(ROOT / "experiments" / "toy" / "accvideo.yaml")
+pytestmark = pytest.mark.filterwarnings("ignore:critic 'img' has no checkpoint")
+
+#: a callback the CLI loads by class path: each rank saves its student, heads and the samples it trained on
+DUMP = '''
+import torch
+import lightning as L
+
+
+class Dump(L.Callback):
+    def __init__(self, out: str) -> None:
+        self.out, self.indices = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.indices += batch["index"].tolist()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({"student": pl_module.student.state_dict(), "heads": pl_module.discriminator.state_dict(),
+                    "indices": self.indices}, f"{self.out}/rank{trainer.global_rank}.pt")
+'''
+
+
+def accvideo_mix(teacher: str, **kw) -> Distillation:
+    return Distillation(teacher, [TrajectoryGuidance(), AdversarialAlignment(queue_size=2)],
+                        discriminator=Discriminator(hidden=8), lr=1e-3, disc_lr=1e-3, **kw)
+
+
+def turbo_mix(teacher: str, **kw) -> Distillation:
+    return Distillation(teacher, [ConsistencyDistillation(w_min=1.0, w_max=3.0, guidance=2.0),
+                                  RewardFeedback({"img": 0.5})],
+                        student=StudentConfig(guidance_embedding=True), lr=1e-3,
+                        critics={"img": {"critic": "toy-image", "checkpoint": None, "size": "tiny", "num_frames": 2}},
+                        **kw)
+
+
+# -- DDP: a real run ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_fragment_runs_two_cpu_processes_that_end_with_one_student(tiny_world, tmp_path):
+    (tmp_path / "dump.py").write_text(DUMP)
+    cfg = {"seed_everything": 0, "trainer": {
+        "max_steps": 3, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+        "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt")}},
+                      {"class_path": "dump.Dump", "init_args": {"out": str(tmp_path)}}]}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    args = ["fit", "--config", ACCVIDEO, "--config", str(STRATEGIES / "ddp.yaml"),
+            "--config", str(tmp_path / "run.yaml"), f"--model.init_args.teacher={tiny_world / 'flow'}",
+            "--model.init_args.discriminator.init_args.hidden=8", f"--data.init_args.root={tiny_world / 'synvid'}",
+            "--data.init_args.batch_size=2", "--trainer.accelerator=cpu", "--trainer.devices=2",
+            "--trainer.strategy.init_args.process_group_backend=gloo"]
+    proc = subprocess.run([sys.executable, "-m", "vdistill.cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for part in ("student", "heads"):
+        assert ranks[0][part].keys() == ranks[1][part].keys()
+        for key, value in ranks[0][part].items():
+            assert torch.equal(value, ranks[1][part][key]), key  # all-reduced gradients: one model
+    # each rank read its own half of each epoch (4 samples per rank, 2 batches of 2)
+    first, second = ranks[0]["indices"][:4], ranks[1]["indices"][:4]
+    assert sorted(first + second) == list(range(8))
+    ckpt = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    states = ckpt["vdistill_rank_states"]  # every rank's RNG and fake queue, for an exact resume
+    assert len(states) == 2
+    queues = [s["extra"]["objectives.1.queue"]["0/latents"] for s in states]
+    assert not torch.equal(*queues)  # each rank queued the fakes of its own data
+
+
+# -- FSDP and DeepSpeed: parsed and built on CPU -------------------------------------------------------------
+def strategy_from_fragment(name: str):
+    """The ``trainer.strategy`` of a fragment, built the way the CLI builds it (jsonargparse)."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import Strategy
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Strategy, "strategy")
+    fragment = yaml.safe_load((STRATEGIES / f"{name}.yaml").read_text())
+    return parser.instantiate_classes(parser.parse_object({"strategy": fragment["trainer"]["strategy"]})).strategy
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_each_fragment_composes_with_a_recipe(name, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["vdistill"])
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", ACCVIDEO, "--config", str(STRATEGIES / f"{name}.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    strategy = printed["trainer"]["strategy"]
+    assert strategy["class_path"].rsplit(".", 1)[1] == {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}.get(
+        name, "DeepSpeedStrategy")
+    assert printed["model"]["init_args"]["objectives"][1]["class_path"].endswith("AdversarialAlignment")
+    text = (STRATEGIES / f"{name}.yaml").read_text()
+    assert text.startswith("# ") and "Use it" in text and "shard" in text.lower()  # when to use it, what it shards
+
+
+def test_strategy_objects_have_the_documented_settings():
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from vdistill.backbones.toy import FactorisedResBlock
+
+    ddp = strategy_from_fragment("ddp")
+    assert isinstance(ddp, DDPStrategy)
+    assert {k: ddp._ddp_kwargs[k] for k in ("find_unused_parameters", "forward_sync_buffers",
+                                            "gradient_as_bucket_view")} == {
+        "find_unused_parameters": False, "forward_sync_buffers": False, "gradient_as_bucket_view": True}
+    fsdp = strategy_from_fragment("fsdp")
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert fsdp.kwargs["use_orig_params"] is True  # Lightning's default, what the parameter groups need
+    policy = fsdp.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and FactorisedResBlock in policy._module_classes
+    assert fsdp._state_dict_type == "full"
+    for stage in (2, 3):
+        ds = strategy_from_fragment(f"deepspeed_zero{stage}")
+        assert isinstance(ds, DeepSpeedStrategy) and ds.config["zero_optimization"]["stage"] == stage
+        assert ds.exclude_frozen_parameters and ds.zero_stage_3 == (stage == 3)
+
+
+def test_the_ema_target_is_refused_where_parameters_are_sharded(tiny_world):
+    from types import SimpleNamespace
+
+    from vdistill.errors import UserError
+    from vdistill.modules.distill import shards_parameters
+
+    sharded = {name: shards_parameters(strategy_from_fragment(name))
+               for name in ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")}
+    assert sharded == {"ddp": False, "fsdp": True, "deepspeed_zero2": False, "deepspeed_zero3": True}
+    model = turbo_mix(str(tiny_world / "ddpm"), target_ema_decay=0.95)
+    model._trainer = SimpleNamespace(datamodule=ToyVideos(), strategy=strategy_from_fragment("fsdp"))
+    with pytest.raises(UserError, match=r"EMA target .* FSDPStrategy shards them.*target_ema_decay: null"):
+        model.setup("fit")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_fragments_build_the_whole_run_on_cpu(stage, tiny_world, tmp_path, monkeypatch):
+    """Model, data and Trainer from recipe + fragment (DeepSpeed refuses to start on CPU, it builds)."""
+    pytest.importorskip("deepspeed")
+    monkeypatch.setattr(sys, "argv", ["vdistill"])
+    cli = VDistillCLI(args=["--config", ACCVIDEO, "--config", str(STRATEGIES / f"deepspeed_zero{stage}.yaml"),
+                            f"--model.init_args.teacher={tiny_world / 'flow'}", "--trainer.accelerator=cpu",
+                            "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path}",
+                            f"--data.init_args.root={tiny_world / 'synvid'}"], run=False)
+    assert cli.trainer.strategy.config["zero_optimization"]["stage"] == stage
+    optimizer = cli.model.configure_optimizers()["optimizer"]  # ONE optimizer (and its warm-up schedule)
+    assert [g["name"] for g in optimizer.param_groups] == ["student", "discriminator"]
+
+
+# -- FSDP: the sharded step equals the unsharded one (torch FSDP on 2 CPU processes) ---------------------------
+class TrainingStep(torch.nn.Module):
+    """What Lightning's strategy wrapper does: the root module's forward runs ``training_step``."""
+
+    def __init__(self, module: Distillation) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch):
+        return self.module.training_step(batch, 0)
+
+
+def _fsdp_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    strategy = strategy_from_fragment("fsdp")
+    results = {}
+    for name, mix in _fsdp_mixes(root).items():
+        model, batches = mix()
+        sharded = FSDP(TrainingStep(model), device_id=torch.device("cpu"),
+                       sharding_strategy=strategy.sharding_strategy, **strategy.kwargs)
+        assert sum(isinstance(m, FSDP) for m in sharded.modules()) > 1 + 2 * 3  # teacher and student blocks
+        results[name] = _train(model, batches, sharded, summon=functools.partial(FSDP.summon_full_params, sharded))
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def _fsdp_mixes(root: str) -> dict:
+    """Each mix: a fresh model (seeded) and 2 batches (every rank trains on the same ones)."""
+    def accvideo():
+        torch.manual_seed(0)
+        model = accvideo_mix(f"{root}/flow")
+        data = TrajectoryData(f"{root}/synvid", batch_size=2, shuffle=False)
+        data.setup()
+        model.bind_key_timesteps(data.dataset.timesteps.tolist())
+        loader = iter(data.train_dataloader())
+        return model, [next(loader) for _ in range(2)]
+
+    def turbo():
+        torch.manual_seed(0)
+        model = turbo_mix(f"{root}/ddpm")
+        loader = iter(ToyVideos(batch_size=2, num_frames=4, size=8).train_dataloader())
+        return model, [next(loader) for _ in range(2)]
+
+    def consistency():
+        torch.manual_seed(0)
+        model = Distillation(f"{root}/ddpm", [ConsistencyDistillation(w_min=1.0, w_max=3.0, guidance=2.0)],
+                             student=StudentConfig(guidance_embedding=True), lr=1e-3)
+        loader = iter(ToyVideos(batch_size=2, num_frames=4, size=8).train_dataloader())
+        return model, [next(loader) for _ in range(2)]
+
+    return {"trajectory+adversarial": accvideo, "consistency": consistency, "consistency+reward": turbo}
+
+
+def _train(model, batches, step, summon) -> dict:
+    """Two AdamW steps; the losses, the gradients of each step and the final weights (student and heads)."""
+    import contextlib
+
+    model.log = lambda *a, **k: None  # no Trainer here
+    model.log_dict = lambda *a, **k: None
+    optimizer = model.configure_optimizers()
+    trained = ("student.", "discriminator.")
+    out = {"loss": [], "grads": []}
+    for i, batch in enumerate(batches):
+        torch.manual_seed(100 + i)  # the same draws (noise, times, frames) in every run
+        loss = step(batch)
+        loss.backward()
+        with summon(with_grads=True) if summon else contextlib.nullcontext():
+            out["grads"].append({n.replace("_fsdp_wrapped_module.", ""): p.grad.clone()
+                                 for n, p in model.named_parameters() if n.startswith(trained) and p.grad is not None})
+        out["loss"].append(loss.detach())
+        optimizer.step()
+        optimizer.zero_grad()
+    with summon() if summon else contextlib.nullcontext():
+        out["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(trained)}
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_fragment_sharded_step_equals_the_unsharded_one(tiny_world, tmp_path):
+    """Bitwise for trajectory + adversarial and consistency (losses, gradients, weights after 2 AdamW steps); with the
+    reward critic in the mix FSDP changes the critic's float rounding (the loss by ~3e-7 relative, measured), so the
+    first step's loss and gradients are compared to 1e-5."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "fsdp.pt"
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_fsdp_rank, args=(2, port, str(tiny_world), str(out)), nprocs=2)
+    sharded = torch.load(out, weights_only=True)
+    for name, mix in _fsdp_mixes(str(tiny_world)).items():
+        model, batches = mix()
+        plain = _train(model, batches, TrainingStep(model), summon=None)
+        got = sharded[name]
+        exact = "reward" not in name
+        tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-5, "atol": 1e-7}
+        # (AdamW turns tiny gradient differences into visible weight differences: after the first step only the
+        # bitwise mixes can be compared)
+        for i in range(len(batches) if exact else 1):
+            torch.testing.assert_close(got["loss"][i], plain["loss"][i], **tol)
+            assert got["grads"][i].keys() == plain["grads"][i].keys() and plain["grads"][i]
+            for key, grad in plain["grads"][i].items():
+                torch.testing.assert_close(got["grads"][i][key], grad, **tol, msg=f"{name}, step {i}: {key}")
+        if exact:
+            for key, value in plain["weights"].items():
+                torch.testing.assert_close(got["weights"][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+# -- precision --------------------------------------------------------------------------------------------
+def fit(model, data, precision: str, steps: int = 2) -> L.Trainer:
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("mix", ["trajectory+adversarial", "consistency+reward"])
+def test_bf16_with_every_objective(mix, precision, tiny_world):
+    """bf16-mixed (autocast) for each objective; bf16-true casts the model to bf16 as DeepSpeed's bf16 does, and the
+    float32 solver math around it must still run."""
+    if mix == "trajectory+adversarial":
+        model = accvideo_mix(str(tiny_world / "flow"))
+        data = TrajectoryData(str(tiny_world / "synvid"), batch_size=2)
+        terms = {"loss/trajectory", "loss/adv_g", "loss/adv_d"}
+    else:
+        model = turbo_mix(str(tiny_world / "ddpm"), target_ema_decay=0.9)
+        data = ToyVideos(batch_size=2, num_frames=4, size=8)
+        terms = {"loss/cd", "loss/reward_img"}
+    before = [p.detach().float().clone() for p in model.student.denoiser.parameters()]
+    trainer = fit(model, data, precision)
+    logged = trainer.callback_metrics
+    assert terms <= set(logged) and all(logged[t].isfinite() for t in terms)
+    after = [p.detach().float() for p in model.student.denoiser.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
+    if precision == "bf16-true":
+        assert next(model.student.denoiser.parameters()).dtype == torch.bfloat16
