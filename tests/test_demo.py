@@ -1,0 +1,37 @@
+"""``vdistill demo``: the whole pipeline (synth -> distil -> bench) on the shipped teacher and critics, shrunk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vdistill.demo import run
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_and_rerun(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\na blue triangle moving up\n")
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--prompts", str(prompts), "--repeat", "2", "--bench-repeat", "1", "--max-steps", "2"]
+    results = run(args)
+    assert list(results) == ["teacher_50steps_cfg", "teacher_2steps_cfg", "student_2steps"]
+    assert results["student_2steps"]["steps"] == 2 and results["student_2steps"]["cfg"] == 1.0
+    assert results["student_2steps"]["speed-up"] > 1.0
+    for row in results:
+        assert np.load(out / "samples" / row / "videos.npz")["videos"].shape[0] == 2
+    saved = json.loads((out / "toybench.json").read_text())
+    assert set(saved) == set(results)
+    stages = json.loads((out / "stages.json").read_text())
+    assert len(stages) == 3 and all(v > 0 for v in stages.values())
+    train = out / "train"
+    assert (train / "export" / "model.safetensors").is_file() and (train / "checkpoints" / "last.ckpt").is_file()
+    assert list(train.glob("lightning_logs/version_0/events.out.tfevents*"))
+    assert list(train.glob("lightning_logs/version_0/samples/step_*/grid.gif"))  # callbacks/video_samples.yaml
+    printed = capsys.readouterr().out
+    assert f"tensorboard --logdir {train}" in printed
+    # a rerun reuses the trajectories and the finished training
+    run(args)
+    assert "reusing the finished training" in capsys.readouterr().out
