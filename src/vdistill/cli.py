@@ -8,6 +8,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 import lightning as L
 import torch
@@ -20,6 +21,11 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
     # DeepSpeed (imported by jsonargparse for its strategy, by transformers when loading) logs a warning on STDOUT
     # when it finds no GPU; naming its CPU backend keeps stdout clean for `--print_config > run.yaml`
     os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+# The frozen teacher, its VAE / text encoder and the critics stay in eval mode by design (no dropout, no batch
+# statistics); Lightning's warning about modules in eval mode at the start of training would fire on every run.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class VDistillCLI(LightningCLI):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -106,7 +107,11 @@ def run(argv: list[str]) -> dict[str, dict]:
                 print(f"resuming from {last}")
                 fit += ["--ckpt_path", str(last)]
             print("vdistill " + " ".join(fit), flush=True)
-            VDistillCLI(args=fit)
+            argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both sys.argv and args are set
+            try:
+                VDistillCLI(args=fit)
+            finally:
+                sys.argv = argv
 
     with _stage("3/3 bench: teacher vs student", times, out):
         rows = [{"name": "teacher_50steps_cfg", "model": TEACHER, "steps": 50},
