@@ -163,3 +163,31 @@ def test_discriminator_blocks_heads_and_hooks():
         Discriminator(feature_blocks=[0, 1, 99]).bind(teacher, times)
     with pytest.raises(UserError, match="2 block indices for 3"):
         Discriminator(feature_blocks=[0, 1]).bind(teacher, times)
+
+
+def test_the_heads_learn_to_tell_real_from_fake():
+    """With the student frozen and its fakes clearly off, a few AdamW steps on the heads alone separate real key
+    points from fakes at every key timestep (the heads and the teacher-feature hooks can learn at all)."""
+    teacher = tiny_toy()
+    student = make_student(teacher)
+    with torch.no_grad():  # a student whose one-step outputs are far from the data
+        for p in student.denoiser.parameters():
+            p.mul_(-3.0)
+    student.requires_grad_(False)
+    batch = key_batch(teacher, batch=2, seed=1)
+    with torch.no_grad():  # real key points: smooth, low-amplitude latents, unlike the bad student's fakes
+        batch["latents"] = 0.3 * torch.tanh(batch["latents"].cumsum(dim=-1) / 4)
+    torch.manual_seed(0)
+    disc = Discriminator(hidden=8)
+    disc.bind(teacher, batch["timesteps"][0, 1:].tolist())
+    adv = AdversarialAlignment(weight=LAMBDA, queue_size=0)
+    opt = torch.optim.AdamW(disc.parameters(), lr=3e-3)
+    models = Models(student=student, teacher=teacher, discriminator=disc)
+    first = adv(batch, models)
+    for _ in range(60):
+        out = adv(batch, Models(student=student, teacher=teacher, discriminator=disc))
+        opt.zero_grad()
+        out["adv_d"].backward()
+        opt.step()
+    assert out["adv_d"] < 0.5 * first["adv_d"], (first["adv_d"], out["adv_d"])
+    assert out["real_acc"] == 1.0 and out["fake_acc"] == 1.0
