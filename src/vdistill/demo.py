@@ -15,10 +15,12 @@ finished training is reused (``--fresh`` starts over).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from vdistill.backbones.io import load_backbone
@@ -50,19 +52,15 @@ def train_args(out: Path, steps: int | None, fragments: list[Path]) -> list[str]
     return args
 
 
-def _stage(name: str, times: dict[str, float], out: Path):
-    class Timer:
-        def __enter__(self):
-            print(f"\n=== {name} ===", flush=True)
-            self.start = time.perf_counter()
-
-        def __exit__(self, *exc):
-            if exc[0] is None:
-                times[name] = round(time.perf_counter() - self.start, 1)
-                print(f"=== {name}: {times[name]:.0f} s ===", flush=True)
-                (out / "stages.json").write_text(json.dumps(times, indent=2))
-
-    return Timer()
+@contextlib.contextmanager
+def _stage(name: str, times: dict[str, float], out: Path) -> Iterator[None]:
+    """Time one stage; a finished stage's seconds are added to ``out/stages.json``."""
+    print(f"\n=== {name} ===", flush=True)
+    start = time.perf_counter()
+    yield
+    times[name] = round(time.perf_counter() - start, 1)
+    print(f"=== {name}: {times[name]:.0f} s ===", flush=True)
+    (out / "stages.json").write_text(json.dumps(times, indent=2))
 
 
 def run(argv: list[str]) -> dict[str, dict]:

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Lightning's placeholder for hyperparameter search, -1 when no metric was named.
+from vdistill.synth.shards import atomic_write
+
+# Lightning logs hp_metric = -1 for hyperparameter search when no metric was named: not a result of the run.
 IGNORED_TAGS = {"hp_metric"}
 
 
@@ -53,15 +55,15 @@ def write_results(rows: list[dict[str, Any]], out: str | Path, lead: list[str]) 
     metrics = sorted({k for r in rows for k in r} - set(lead) - set(tail))
     columns = [*lead, *metrics, *(t for t in tail if any(r.get(t) not in (None, "") for r in rows))]
     csv_path, md_path = out / "results.csv", out / "results.md"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(csv_path, write_csv)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
+    atomic_write(md_path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     return csv_path, md_path

@@ -30,6 +30,7 @@ import yaml
 
 from vdistill.errors import UserError
 from vdistill.sweep.spec import Run
+from vdistill.synth.shards import atomic_write
 
 RESOLVED, RECORD, DONE, LOG = "resolved.yaml", "sweep.json", "done.json", "fit.log"
 # Init arguments that name where a component writes: a value outside the run folder is shared by every run.
@@ -114,10 +115,8 @@ def resolve(run: Run, run_dir: Path) -> tuple[str, str, list[str]]:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Atomic: a temp file renamed over the target, so a crash never leaves half a marker."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Atomic (:func:`~vdistill.synth.shards.atomic_write`), so a crash never leaves half a marker."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def read_json(path: Path) -> dict | None:
