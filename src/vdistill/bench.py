@@ -6,6 +6,7 @@ The YAML lists rows (``name``, ``model``, optional ``steps``, ``cfg``, ``guidanc
     prompts: toy          # or a prompt file
     repeat: 4             # videos per prompt
     reference: teacher-50 # speed-ups are measured against this row, in the same run
+    device: cpu           # or cuda (--device overrides); mp4: 8 mp4s per row (0: none)
     rows:
       - {name: teacher-50, model: toy-flow, steps: 50}
       - {name: student-m2, model: runs/toy/accvideo/m2_traj_adv/export}
@@ -20,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
 from vdistill.backbones.io import load_backbone
@@ -44,20 +46,24 @@ def check_rows(rows: list[dict], reference: str | None) -> None:
 
 
 def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: int = 1, seed: int = 0,
-              reference: str | None = None, batch_size: int = 48) -> dict[str, dict]:
-    """Sample every row on the same prompts and seeds; return ``{row name: ToyBench overall + timing}``."""
+              reference: str | None = None, batch_size: int = 48, device: str = "cpu",
+              mp4: int = 8) -> dict[str, dict]:
+    """Sample every row on the same prompts and seeds; return ``{row name: ToyBench overall + timing}``.
+
+    ``device``: where every row samples (``cpu``, ``cuda``, ``cuda:1``); ``mp4``: mp4s written per row (0: none).
+    """
     check_rows(rows, reference)
     out = Path(out)
     prompt_list = load_prompts(prompts, repeat=repeat)
     results: dict[str, dict] = {}
     for row in rows:
-        model = load_backbone(row["model"])
+        model = load_backbone(row["model"], map_location=device)
         steps = row.get("steps") or model.defaults.steps
         cfg = row.get("cfg", model.defaults.cfg)
         print(f"[{row['name']}] {row['model']}: {len(prompt_list)} videos, {steps} steps, cfg {cfg}")
         gen = generate(model, prompt_list, steps=steps, cfg=cfg, guidance=row.get("guidance"), seed=seed,
                        batch_size=batch_size)
-        overall = write_outputs(gen, out / "samples" / row["name"], fps=model.defaults.fps, mp4=8,
+        overall = write_outputs(gen, out / "samples" / row["name"], fps=model.defaults.fps, mp4=mp4,
                                 label=row["name"]) or {}
         results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
                                 "model": str(row["model"])}
@@ -78,14 +84,18 @@ def run(argv: list[str]) -> dict[str, dict]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rows", help="the YAML file of rows (see above)")
     p.add_argument("--out", default=None, help="override the YAML's output folder")
+    p.add_argument("--device", default=None, help="override the YAML's device (default cpu): cpu, cuda, cuda:N")
     args = p.parse_args(argv)
     path = Path(args.rows)
     if not path.is_file():
         raise UserError(f"bench file {args.rows!r} does not exist")
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size"}
-    if unknown:
-        raise UserError(f"unknown keys {sorted(unknown)} in {args.rows}; valid: out, prompts, repeat, seed, "
-                        "reference, rows, batch_size")
+    valid = {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size", "device", "mp4"}
+    if set(spec) - valid:
+        raise UserError(f"unknown keys {sorted(set(spec) - valid)} in {args.rows}; valid: {', '.join(sorted(valid))}")
+    device = args.device or spec.get("device", "cpu")
+    if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"bench device {device!r}: no CUDA GPU is visible here; use --device cpu")
     return run_bench(spec.get("rows", []), args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
-                     spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48))
+                     spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48),
+                     device, spec.get("mp4", 8))
