@@ -21,9 +21,9 @@ for kind in flow ddpm; do
   cp "runs/toy/teacher_$kind/export/backbone.yaml" "runs/toy/teacher_$kind/export/model.safetensors" \
     "src/vdistill/assets/toy-$kind/"
 done
+tar czf "$OUT_DIR/teachers.tgz" src/vdistill/assets/toy-flow src/vdistill/assets/toy-ddpm "$OUT_DIR"/fit_*.log \
+  $(find runs/toy/teacher_flow runs/toy/teacher_ddpm -name 'events.out.tfevents*')
 t0=$SECONDS
-vdistill bench experiments/toy/teachers_bench.yaml --device cuda
+vdistill bench experiments/toy/teachers_bench.yaml --device cuda --mp4 0
 echo "bench in $((SECONDS - t0)) s"
-tar czf "$OUT_DIR/teachers.tgz" src/vdistill/assets/toy-flow src/vdistill/assets/toy-ddpm runs/toy/teachers/toybench.md \
-  runs/toy/teachers/toybench.json $(find runs/toy/teacher_flow runs/toy/teacher_ddpm -name 'events.out.tfevents*') \
-  "$OUT_DIR"/fit_*.log
+cp runs/toy/teachers/toybench.md runs/toy/teachers/toybench.json "$OUT_DIR/"

@@ -85,6 +85,7 @@ def run(argv: list[str]) -> dict[str, dict]:
     p.add_argument("rows", help="the YAML file of rows (see above)")
     p.add_argument("--out", default=None, help="override the YAML's output folder")
     p.add_argument("--device", default=None, help="override the YAML's device (default cpu): cpu, cuda, cuda:N")
+    p.add_argument("--mp4", type=int, default=None, help="override the YAML's mp4s per row (default 8; 0: none)")
     args = p.parse_args(argv)
     path = Path(args.rows)
     if not path.is_file():
@@ -98,4 +99,4 @@ def run(argv: list[str]) -> dict[str, dict]:
         raise UserError(f"bench device {device!r}: no CUDA GPU is visible here; use --device cpu")
     return run_bench(spec.get("rows", []), args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
                      spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48),
-                     device, spec.get("mp4", 8))
+                     device, spec.get("mp4", 8) if args.mp4 is None else args.mp4)
