@@ -4,7 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean teachers teacher-table accvideo critics turbo
+.PHONY: demo test venv clean teachers teacher-table accvideo accvideo-synth accvideo-traj accvideo-adv critics \
+	turbo turbo-cd turbo-image turbo-video turbo-both
+
+# The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
+# accelerator gpu, 4 data workers and the throughput curves; synth and bench on cuda), and `make -j4` trains the
+# independent runs side by side. VD: the vdistill command (a GPU machine without the venv:
+# `make -j6 turbo accvideo DEVICE=cuda STAMP= VD="python3 -m vdistill.cli"` after `source experiments/gpu/env.sh`).
+DEVICE ?= cpu
+VD ?= $(VENV)/bin/vdistill
+BENCH_FLAGS ?=                # e.g. --mp4 0 where imageio-ffmpeg is missing
+ON_GPU := $(findstring cuda,$(DEVICE))
+FIT_DEVICE := $(if $(ON_GPU),--trainer.accelerator gpu --trainer.devices 1 --data.init_args.num_workers 4 \
+	--config callbacks/throughput.yaml)
+
 
 venv: $(STAMP)
 
@@ -21,43 +34,51 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vdistill demo --out runs/demo
 
-# Retrain the shipped toy teachers (CPU, ~1 h each on 2 cores) and copy the exports into the package.
+# Retrain the shipped toy teachers and copy the exports into the package. The shipped weights: one H100, both
+# side by side (`source experiments/gpu/env.sh && bash experiments/gpu/teachers.sh`), 9,000 steps in ~6 min.
 teachers: $(STAMP)
-	$(VENV)/bin/vdistill fit --config experiments/toy/teacher_flow.yaml
-	$(VENV)/bin/vdistill fit --config experiments/toy/teacher_ddpm.yaml
+	$(VD) fit --config experiments/toy/teacher_flow.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/teacher_ddpm.yaml $(FIT_DEVICE)
 	cp runs/toy/teacher_flow/export/* src/vdistill/assets/toy-flow/
 	cp runs/toy/teacher_ddpm/export/* src/vdistill/assets/toy-ddpm/
 
 # The README's teacher table: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
 teacher-table: $(STAMP)
-	$(VENV)/bin/vdistill bench experiments/toy/teachers_bench.yaml
+	$(VD) bench experiments/toy/teachers_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # AccVideo in the toy world (issue 3): synthesise the flow teacher's trajectories (key points 0, 25, 50 of 50
 # Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
 # one ToyBench table with measured speed-ups under runs/toy/accvideo/.
-accvideo: $(STAMP)
-	$(VENV)/bin/vdistill synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
-		--out runs/toy/accvideo/synvid_m2
-	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml
-	$(VENV)/bin/vdistill fit --config experiments/toy/accvideo.yaml
-	$(VENV)/bin/vdistill bench experiments/toy/accvideo_bench.yaml
+accvideo-synth: $(STAMP)
+	$(VD) synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
+		--out runs/toy/accvideo/synvid_m2 --device $(DEVICE)
+accvideo-traj: accvideo-synth
+	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml $(FIT_DEVICE)
+accvideo-adv: accvideo-synth
+	$(VD) fit --config experiments/toy/accvideo.yaml $(FIT_DEVICE)
+accvideo: accvideo-traj accvideo-adv
+	$(VD) bench experiments/toy/accvideo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # The toy critics (toy-image, toy-video), trained contrastively on the toy world and copied into the package.
 critics: $(STAMP)
-	$(VENV)/bin/vdistill fit --config experiments/toy/critics.yaml
+	$(VD) fit --config experiments/toy/critics.yaml $(FIT_DEVICE)
 	mkdir -p src/vdistill/assets/critics
 	cp runs/toy/critics/export/toy-*.safetensors src/vdistill/assets/critics/
-	$(VENV)/bin/vdistill critic-report --critic toy-image
-	$(VENV)/bin/vdistill critic-report --critic toy-video
+	$(VD) critic-report --critic toy-image
+	$(VD) critic-report --critic toy-video
 
 # T2V-Turbo in the toy world (issue 4): consistency distillation of the DDPM teacher alone (the VCM baseline) and
 # with image, video and both toy rewards, then one ToyBench table (students at 4 and 2 steps) under runs/toy/turbo/.
-turbo: $(STAMP)
-	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml
-	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_image.yaml
-	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_video.yaml
-	$(VENV)/bin/vdistill fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml
-	$(VENV)/bin/vdistill bench experiments/toy/turbo_bench.yaml
+turbo-cd: $(STAMP)
+	$(VD) fit --config experiments/toy/turbo.yaml $(FIT_DEVICE)
+turbo-image: $(STAMP)
+	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_image.yaml $(FIT_DEVICE)
+turbo-video: $(STAMP)
+	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_video.yaml $(FIT_DEVICE)
+turbo-both: $(STAMP)
+	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml $(FIT_DEVICE)
+turbo: turbo-cd turbo-image turbo-video turbo-both
+	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
 	rm -rf runs lightning_logs

@@ -24,6 +24,7 @@ from vdistill.critics.registry import CRITICS
 from vdistill.critics.report import caption_scores
 from vdistill.critics.toy import ToyCritic, save_toy_critic
 from vdistill.errors import UserError
+from vdistill.modules.clipping import ShardedGradientClipping
 from vdistill.world.captions import all_captions, parse_caption
 
 TRAINABLE = ("toy-image", "toy-video")
@@ -56,7 +57,7 @@ def caption_labels(prompts: Sequence[str]) -> tuple[list[str], Tensor]:
     return list(index), torch.tensor(labels)
 
 
-class CriticTraining(L.LightningModule):
+class CriticTraining(ShardedGradientClipping, L.LightningModule):
     """Train the toy critics (``toy-image``, ``toy-video``) contrastively on toy videos and their captions.
 
     Each named critic is trained side by side on the same batches, independently (their losses are summed; no

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from vdistill.backbones.base import Backbone
 from vdistill.backbones.io import backbone_record, load_backbone
 from vdistill.errors import UserError
+from vdistill.modules.clipping import ShardedGradientClipping
 from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.ema import EMAWeights
 from vdistill.modules.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
@@ -42,7 +43,7 @@ def shards_parameters(strategy: object) -> bool:
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(getattr(strategy, "zero_stage_3", False))
 
 
-class Distillation(L.LightningModule):
+class Distillation(ShardedGradientClipping, L.LightningModule):
     """Distil a frozen teacher into a few-step student with weighted objectives (AccVideo, T2V-Turbo, ...).
 
     Args:

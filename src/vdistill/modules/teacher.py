@@ -10,9 +10,10 @@ from torch import Tensor
 
 from vdistill.backbones.base import Backbone
 from vdistill.config import to_config
+from vdistill.modules.clipping import ShardedGradientClipping
 
 
-class TeacherTraining(L.LightningModule):
+class TeacherTraining(ShardedGradientClipping, L.LightningModule):
     """Denoising loss in the backbone's own parameterisation: MSE between the raw prediction at a random time and
     the matching target (``eps`` for DDPM-eps, ``v`` for DDPM-v, the velocity ``eps - x0`` for flow).
 
