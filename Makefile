@@ -8,15 +8,14 @@ STAMP := $(VENV)/.installed
 	turbo turbo-cd turbo-image turbo-video turbo-both
 
 # The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
-# accelerator gpu, 4 data workers and the throughput curves; synth and bench on cuda), and `make -j4` trains the
-# independent runs side by side. VD: the vdistill command (a GPU machine without the venv:
+# experiments/gpu/one_gpu.yaml: accelerator gpu, 4 data workers, throughput curves; synth and bench on cuda),
+# and `make -j4` trains the independent runs side by side. VD: the vdistill command (a GPU machine without the venv:
 # `make -j6 turbo accvideo DEVICE=cuda STAMP= VD="python3 -m vdistill.cli"` after `source experiments/gpu/env.sh`).
 DEVICE ?= cpu
 VD ?= $(VENV)/bin/vdistill
 BENCH_FLAGS ?=                # e.g. --mp4 0 where imageio-ffmpeg is missing
 ON_GPU := $(findstring cuda,$(DEVICE))
-FIT_DEVICE := $(if $(ON_GPU),--trainer.accelerator gpu --trainer.devices 1 --data.init_args.num_workers 4 \
-	--config callbacks/throughput.yaml)
+FIT_DEVICE := $(if $(ON_GPU),--config experiments/gpu/one_gpu.yaml)
 
 
 venv: $(STAMP)

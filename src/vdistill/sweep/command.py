@@ -193,5 +193,7 @@ def run(argv: list[str]) -> list[dict]:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs (the table still lists all)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="do not echo the fits' output (it stays in fit.log)")
+    p.add_argument("--config", action="append", default=[], metavar="FRAGMENT",
+                   help="a config fragment appended to every run (repeatable), e.g. experiments/gpu/one_gpu.yaml")
     args = p.parse_args(argv)
-    return run_sweep(load_sweep(args.sweep, args.out), args.only, args.dry_run, args.quiet)
+    return run_sweep(load_sweep(args.sweep, args.out, args.config), args.only, args.dry_run, args.quiet)

@@ -133,8 +133,12 @@ def explicit_runs(entries: Any, base: list[str]) -> tuple[list[Run], list[str]]:
     return runs, ["with"]
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
-    """Read and check a sweep file; fragment paths are relative to the working directory (the repo root)."""
+def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> Sweep:
+    """Read and check a sweep file; fragment paths are relative to the working directory (the repo root).
+
+    ``extra``: config fragments appended to every run after its options (e.g. a device fragment); they change
+    each run's config (and so its done-marker hash) but not its name.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file {str(path)!r} does not exist")
@@ -157,6 +161,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         runs, columns = expand_grid(spec["grid"], base)
     else:
         runs, columns = explicit_runs(spec["runs"], base)
+    if extra:
+        tail, _ = item_args(list(extra), "--config")
+        runs = [Run(r.name, r.options, (*r.args, *tail)) for r in runs]
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
