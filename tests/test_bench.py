@@ -49,3 +49,19 @@ def test_bench_rejects_bad_rows(tmp_path, rows, reference, message):
     (tmp_path / "rows.yaml").write_text(yaml.safe_dump({"rows": rows, "reference": reference}))
     with pytest.raises(UserError, match=message):
         run([str(tmp_path / "rows.yaml")])
+
+
+def test_bench_mp4_count_and_device_options(tiny_export, tmp_path, monkeypatch):
+    spec = {"out": str(tmp_path / "out"), "prompts": "toy", "mp4": 3,
+            "rows": [{"name": "a", "model": str(tiny_export), "steps": 1}]}
+    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
+    run([str(tmp_path / "rows.yaml"), "--device", "cpu"])
+    assert len(list((tmp_path / "out" / "samples" / "a" / "mp4").glob("*.mp4"))) == 3
+    run([str(tmp_path / "rows.yaml"), "--out", str(tmp_path / "none"), "--mp4", "0"])  # the flag beats the file
+    assert not list((tmp_path / "none" / "samples" / "a").glob("**/*.mp4"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        run([str(tmp_path / "rows.yaml"), "--device", "cuda"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "devise": "cpu"}))
+    with pytest.raises(UserError, match="unknown keys \\['devise'\\].*device"):
+        run([str(tmp_path / "bad.yaml")])

@@ -40,7 +40,7 @@ def test_print_config_of_the_teacher_recipe(capsys):
     cfg = yaml.safe_load(out)
     assert code == 0
     assert cfg["model"]["init_args"]["backbone"]["class_path"] == "vdistill.backbones.toy.ToyBackbone"
-    assert cfg["trainer"]["max_steps"] == 2000
+    assert cfg["trainer"]["max_steps"] == 9000 and cfg["data"]["init_args"]["batch_size"] == 64
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,16 @@ def test_grid_expansion_names_and_arguments(workdir):
     assert listed.out == Path("elsewhere")
 
 
+def test_config_fragments_from_the_command_line_join_every_run(workdir, capsys):
+    sweep = load_sweep("sweep.yaml", extra=["fragment.yaml"])
+    assert [r.name for r in sweep.runs] == ["lo-none", "lo-dropout", "hi-none", "hi-dropout"]  # names unchanged
+    assert all(r.args[-2:] == ("--config", "fragment.yaml") for r in sweep.runs)
+    code, out, _ = run_cli(["sweep", "sweep.yaml", "--config", "fragment.yaml", "--dry-run"], capsys)
+    assert code == 0 and out.count("--config fragment.yaml") >= 4
+    code, _, err = run_cli(["sweep", "sweep.yaml", "--config", "missing.yaml", "--dry-run"], capsys)
+    assert code == 2 and "config fragment 'missing.yaml' does not exist" in err
+
+
 def test_resolved_config_moves_outputs_into_the_run_folder(workdir):
     run = load_sweep("sweep.yaml").runs[1]
     text, digest, shared = resolve(run, Path("out") / run.name)

@@ -22,6 +22,7 @@ import yaml
 
 from vdistill.cli import VDistillCLI, main
 from vdistill.data.toy import ToyVideos
+from vdistill.modules.clipping import ShardedGradientClipping
 from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.distill import Distillation
 from vdistill.modules.student import StudentConfig
@@ -294,6 +295,62 @@ def test_fsdp_fragment_sharded_step_equals_the_unsharded_one(tiny_world, tmp_pat
         if exact:
             for key, value in plain["weights"].items():
                 torch.testing.assert_close(got["weights"][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+# -- gradient clipping under FSDP (Lightning's FSDPPrecision refuses clipping by norm) --------------------------
+class ClippedNet(ShardedGradientClipping, L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(6, 16)
+        self.b = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _clip_loss(model) -> torch.Tensor:
+    torch.manual_seed(1)
+    return model(torch.randn(5, 6)).square().sum()
+
+
+def _fsdp_clip_rank(rank: int, world: int, port: int, out: str) -> None:
+    import types
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    net = ClippedNet()
+    root = FSDP(net, device_id=torch.device("cpu"), use_orig_params=True)  # the whole module, as Lightning does
+    net._trainer = types.SimpleNamespace(model=root)
+    _clip_loss(root).backward()
+    net.configure_gradient_clipping(None, 0.05, "norm")
+    with FSDP.summon_full_params(root, with_grads=True):
+        grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad.clone() for n, p in net.named_parameters()}
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_clipping_by_norm_under_fsdp_equals_unsharded_clipping(tmp_path):
+    """Found on a GPU (BENCHMARKS.md): the T2V-Turbo recipe (gradient_clip_val 1.0) failed under fsdp.yaml. The
+    sharded run (2 CPU ranks, each gradient split between them) clips to the norm of the WHOLE gradient."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_fsdp_clip_rank, args=(2, port, str(tmp_path / "g.pt")), nprocs=2)
+    sharded = torch.load(tmp_path / "g.pt", weights_only=True)
+    torch.manual_seed(0)
+    plain = ClippedNet()
+    _clip_loss(plain).backward()
+    assert torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.05) > 0.05  # the clip binds
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(sharded[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # -- precision --------------------------------------------------------------------------------------------
