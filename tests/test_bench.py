@@ -65,3 +65,15 @@ def test_bench_mp4_count_and_device_options(tiny_export, tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "devise": "cpu"}))
     with pytest.raises(UserError, match="unknown keys \\['devise'\\].*device"):
         run([str(tmp_path / "bad.yaml")])
+
+
+def test_bench_runs_only_the_named_rows(tiny_export, tmp_path):
+    spec = {"out": str(tmp_path / "out"), "prompts": "toy", "mp4": 0, "reference": "a",
+            "rows": [{"name": n, "model": str(tiny_export), "steps": 1} for n in ("a", "b", "c")]}
+    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
+    res = run([str(tmp_path / "rows.yaml"), "--rows", "a", "c"])
+    assert set(res) == {"a", "c"} and not (tmp_path / "out" / "samples" / "b").exists()
+    with pytest.raises(UserError, match=r"--rows \['d'\] are not rows of .*its rows: \['a', 'b', 'c'\]"):
+        run([str(tmp_path / "rows.yaml"), "--rows", "a", "d"])
+    with pytest.raises(UserError, match="reference row 'a'"):
+        run([str(tmp_path / "rows.yaml"), "--rows", "b"])

@@ -86,6 +86,8 @@ def run(argv: list[str]) -> dict[str, dict]:
     p.add_argument("--out", default=None, help="override the YAML's output folder")
     p.add_argument("--device", default=None, help="override the YAML's device (default cpu): cpu, cuda, cuda:N")
     p.add_argument("--mp4", type=int, default=None, help="override the YAML's mp4s per row (default 8; 0: none)")
+    p.add_argument("--rows", nargs="+", metavar="NAME", default=None, dest="only_rows",
+                   help="sample only these rows of the file (the reference row, if any, must be one of them)")
     args = p.parse_args(argv)
     path = Path(args.rows)
     if not path.is_file():
@@ -97,6 +99,13 @@ def run(argv: list[str]) -> dict[str, dict]:
     device = args.device or spec.get("device", "cpu")
     if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"bench device {device!r}: no CUDA GPU is visible here; use --device cpu")
-    return run_bench(spec.get("rows", []), args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
+    rows = spec.get("rows", [])
+    if args.only_rows:
+        names = [r.get("name") for r in rows]
+        unknown_rows = [n for n in args.only_rows if n not in names]
+        if unknown_rows:
+            raise UserError(f"--rows {unknown_rows} are not rows of {path}; its rows: {names}")
+        rows = [r for r in rows if r.get("name") in args.only_rows]
+    return run_bench(rows, args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
                      spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48),
                      device, spec.get("mp4", 8) if args.mp4 is None else args.mp4)
