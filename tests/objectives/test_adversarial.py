@@ -191,3 +191,33 @@ def test_the_heads_learn_to_tell_real_from_fake():
         opt.step()
     assert out["adv_d"] < 0.5 * first["adv_d"], (first["adv_d"], out["adv_d"])
     assert out["real_acc"] == 1.0 and out["fake_acc"] == 1.0
+
+
+def test_rollout_fakes_are_the_students_own_sample(setup):
+    """``fakes="rollout"``: the fake at the clean key point is the student's m-step sample from the key noise (what
+    users get), not its one step from the teacher's previous key latent; each term still reaches only its own
+    parameters."""
+    from vdistill.sampling.sampler import sample_latents
+
+    teacher, student, disc, _, batch = setup
+    models = Models(student=student, teacher=teacher, discriminator=disc)
+    lat, times = batch["latents"], batch["timesteps"]
+    assert lat.shape[1] >= 3  # at least two student steps
+    made = {}
+    for fakes in ("teacher_keys", "rollout"):
+        adv = AdversarialAlignment(weight=LAMBDA, queue_size=2, fakes=fakes)
+        out = adv(batch, models)
+        made[fakes] = adv.queue.get(lat.shape[1] - 2)[0]  # this step's fakes at the clean key point
+        if fakes == "rollout":
+            out["adv_g"].backward(retain_graph=True)
+            assert all(p.grad is None for p in disc.parameters())
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+            student.zero_grad(set_to_none=True)
+            out["adv_d"].backward()
+            assert all(p.grad is None for p in student.parameters())
+    with torch.no_grad():
+        sample = sample_latents(student, lat[:, 0], batch["text"], timesteps=times[0]).latents
+    torch.testing.assert_close(made["rollout"], sample.float(), rtol=1e-5, atol=1e-6)
+    assert (made["teacher_keys"] - sample).abs().max() > 1e-3
+    with pytest.raises(UserError, match="fakes='student'.*teacher_keys"):
+        AdversarialAlignment(fakes="student")

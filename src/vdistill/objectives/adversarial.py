@@ -26,8 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vdistill.backbones.base import TextCond, cat_text
+from vdistill.errors import UserError
 from vdistill.objectives.base import Models, Objective
 from vdistill.objectives.trajectory import key_point_predictions
+
+FAKE_SOURCES = ("teacher_keys", "rollout")
 
 
 class FakeQueue(nn.Module):
@@ -86,6 +89,10 @@ class AdversarialAlignment(Objective):
         d_weight: weight of the discriminator term ``L_D`` (1 keeps the heads' gradient that of the alternating
             update; their learning rate is the optimizer group's).
         queue_size: past fakes kept per key timestep (0: no queue).
+        fakes: ``teacher_keys`` (AccVideo): the fake at key point ``k`` is the student's one step from the TEACHER's
+            key latent ``x_{k-1}``; ``rollout`` (ours, not in the paper): from the student's OWN previous output
+            (detached), so the fake at the clean key point is exactly the student's m-step sample, the video users
+            see. Costs one more student forward per key point after the first.
 
     Returns ``adv_g`` and ``adv_d`` (mean over key timesteps) and the diagnostics ``real_acc`` / ``fake_acc``
     (fraction of real / current fake samples the heads classify right) and ``real_logit`` / ``fake_logit``.
@@ -95,8 +102,12 @@ class AdversarialAlignment(Objective):
     needs = frozenset({"trajectory", "discriminator"})
     loss_terms = ("adv_g", "adv_d")
 
-    def __init__(self, weight: float = 0.1, d_weight: float = 1.0, queue_size: int = 4) -> None:
+    def __init__(self, weight: float = 0.1, d_weight: float = 1.0, queue_size: int = 4,
+                 fakes: str = "teacher_keys") -> None:
         super().__init__(weight)
+        if fakes not in FAKE_SOURCES:
+            raise UserError(f"AdversarialAlignment: fakes={fakes!r} is not one of {list(FAKE_SOURCES)}")
+        self.fakes = fakes
         self.d_weight = float(d_weight)
         self.queue = FakeQueue(queue_size)
 
@@ -111,6 +122,8 @@ class AdversarialAlignment(Objective):
         real = kp.x_next.unflatten(0, (b, pairs))
         times = kp.t_next.unflatten(0, (b, pairs))
         text = batch["text"]
+        if self.fakes == "rollout":
+            fake = self.rollout(fake, kp.t.unflatten(0, (b, pairs)), times, text, models)
         groups: dict[int, list[int]] = {}  # key timesteps read from the same block share one teacher forward
         for j in range(pairs):
             groups.setdefault(disc.blocks[j], []).append(j)
@@ -149,6 +162,18 @@ class AdversarialAlignment(Objective):
         out.update({k: torch.stack(v).detach().mean() for k, v in stats.items()})
         return out
 
+    @staticmethod
+    def rollout(fake: Tensor, t: Tensor, t_next: Tensor, text: TextCond, models: Models) -> Tensor:
+        """Fakes ``[B, pairs, ...]`` re-made along the student's own chain: pair 0 keeps its step from the noise,
+        pair ``j`` steps from pair ``j - 1``'s output (detached: the student is trained one step at a time)."""
+        cols = [fake[:, 0]]
+        for j in range(1, fake.shape[1]):
+            x = cols[-1].detach()
+            raw = models.student_raw(x, t[:, j], text)
+            cols.append(models.student.schedule.step(raw.float(), x, t[:, j], t_next[:, j]))
+        return torch.stack(cols, dim=1)
+
     def extra_repr(self) -> str:
-        return f"weight={self.weight:g}, d_weight={self.d_weight:g}, queue_size={self.queue.size}"
+        return (f"weight={self.weight:g}, d_weight={self.d_weight:g}, queue_size={self.queue.size}, "
+                f"fakes={self.fakes}")
 
