@@ -16,6 +16,7 @@ check() {  # check NAME COMMAND...
 STEPS=(--trainer.max_steps 6 --trainer.log_every_n_steps 2)
 DEMO=(fit --config experiments/toy/demo.yaml --data.init_args.root "$W/synvid")
 TURBO=(fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml --trainer.callbacks=[])
+ONLINE=(--model.init_args.target_ema_decay=null)  # the EMA target needs whole parameters: not under FSDP / ZeRO-3
 GPU=(--trainer.accelerator gpu --trainer.devices 1)
 
 check synth_cuda vdistill synth --model toy-flow --key-indices 0,25,50 --out "$W/synvid" --device cuda
@@ -29,12 +30,12 @@ check traj_adv_reward_zero3 vdistill "${DEMO[@]}" --config experiments/strategie
   --config callbacks/adapter_checkpoints.yaml "${STEPS[@]}" --trainer.default_root_dir "$W/demo_zero3"
 check cd_reward_bf16 vdistill "${TURBO[@]}" "${GPU[@]}" --trainer.precision bf16-mixed "${STEPS[@]}" \
   --config callbacks/adapter_checkpoints.yaml --trainer.default_root_dir "$W/turbo_bf16"
-check cd_reward_fsdp vdistill "${TURBO[@]}" --config experiments/strategies/fsdp.yaml "${STEPS[@]}" \
+check cd_reward_fsdp vdistill "${TURBO[@]}" --config experiments/strategies/fsdp.yaml "${STEPS[@]}" "${ONLINE[@]}" \
   --config callbacks/adapter_checkpoints.yaml --trainer.default_root_dir "$W/turbo_fsdp"
 check cd_reward_lora_zero2 vdistill "${TURBO[@]}" --config experiments/strategies/deepspeed_zero2.yaml "${STEPS[@]}" \
   --model.init_args.student.mode lora --model.init_args.student.lora_rank 8 \
   --config callbacks/adapter_checkpoints.yaml --trainer.default_root_dir "$W/turbo_lora_zero2"
-check cd_reward_zero3 vdistill "${TURBO[@]}" --config experiments/strategies/deepspeed_zero3.yaml "${STEPS[@]}" \
+check cd_reward_zero3 vdistill "${TURBO[@]}" --config experiments/strategies/deepspeed_zero3.yaml "${STEPS[@]}" "${ONLINE[@]}" \
   --config callbacks/adapter_checkpoints.yaml --trainer.default_root_dir "$W/turbo_zero3"
 check sample_cuda vdistill sample --model toy-ddpm --steps 4 --prompts toy --out "$W/sample" --device cuda --mp4 0
 check pytest_cuda python3 -m pytest -q -p no:cacheprovider tests/callbacks/test_throughput_memory.py

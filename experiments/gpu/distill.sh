@@ -16,6 +16,7 @@ done
 W=/tmp/vdistill-gpu-check
 python3 -m vdistill.cli fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml \
   --trainer.callbacks=[] --config experiments/strategies/fsdp.yaml --trainer.max_steps 6 \
+  --model.init_args.target_ema_decay=null \
   --trainer.default_root_dir $W/turbo_fsdp >"$OUT_DIR/fsdp_clip.log" 2>&1 && echo "PASS cd_reward_fsdp (clip 1.0)" \
   || { echo "FAIL cd_reward_fsdp"; tail -5 "$OUT_DIR/fsdp_clip.log"; }
 python3 -m pytest -q -p no:cacheprovider tests/callbacks/test_throughput_memory.py 2>&1 | tail -2
