@@ -35,3 +35,28 @@ def test_demo_pipeline_end_to_end_and_rerun(tmp_path, capsys):
     # a rerun reuses the trajectories and the finished training
     run(args)
     assert "reusing the finished training" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_takes_config_fragments(tmp_path, capsys):
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n")
+    out = tmp_path / "demo"
+    run(["--out", str(out), "--prompts", str(prompts), "--max-steps", "1", "--no-callbacks",
+         "--config", str(root / "experiments/toy/demo_rollout.yaml")])
+    assert f"--config {root / 'experiments/toy/demo_rollout.yaml'}" in capsys.readouterr().out
+    cfg = yaml.safe_load(next((out / "train").glob("lightning_logs/version_0/config.yaml")).read_text())
+    adv = [o for o in cfg["model"]["init_args"]["objectives"] if o["class_path"].endswith("AdversarialAlignment")]
+    assert adv[0]["init_args"]["fakes"] == "rollout"
+
+
+def test_demo_refuses_a_missing_fragment(tmp_path):
+    from vdistill.errors import UserError
+
+    with pytest.raises(UserError, match=r"--config fragment\(s\) \['nope.yaml'\] do not exist"):
+        run(["--out", str(tmp_path / "d"), "--config", "nope.yaml"])

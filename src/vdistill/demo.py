@@ -72,6 +72,9 @@ def run(argv: list[str]) -> dict[str, dict]:
     p.add_argument("--bench-repeat", type=int, default=1, help="videos per prompt in the table")
     p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the demo config's)")
     p.add_argument("--no-callbacks", action="store_true", help=f"leave out callbacks/{{{','.join(FRAGMENTS)}}}")
+    p.add_argument("--config", action="append", default=[], metavar="FRAGMENT",
+                   help="a config fragment for the distillation, after the demo's own (repeatable), e.g. "
+                        "experiments/toy/demo_rollout.yaml")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -81,6 +84,10 @@ def run(argv: list[str]) -> dict[str, dict]:
     missing = [str(f) for f in fragments if not f.is_file()]
     if missing:
         raise UserError(f"callback fragment(s) {missing} are missing (or pass --no-callbacks)")
+    missing = [f for f in args.config if not Path(f).is_file()]
+    if missing:
+        raise UserError(f"--config fragment(s) {missing} do not exist")
+    fragments += [Path(f) for f in args.config]
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
