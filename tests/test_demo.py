@@ -38,10 +38,16 @@ def test_demo_pipeline_end_to_end_and_rerun(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_takes_config_fragments(tmp_path, capsys):
+def test_demo_takes_config_fragments(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
     import yaml
+
+    import vdistill.demo as demo
+
+    seeds = []
+    bench = demo.run_bench
+    monkeypatch.setattr(demo, "run_bench", lambda *a, **k: seeds.append(a[4]) or bench(*a, **k))
 
     root = Path(__file__).resolve().parents[1]
     prompts = tmp_path / "prompts.txt"
@@ -53,6 +59,7 @@ def test_demo_takes_config_fragments(tmp_path, capsys):
     cfg = yaml.safe_load(next((out / "train").glob("lightning_logs/version_0/config.yaml")).read_text())
     adv = [o for o in cfg["model"]["init_args"]["objectives"] if o["class_path"].endswith("AdversarialAlignment")]
     assert adv[0]["init_args"]["fakes"] == "rollout"
+    assert seeds == [demo.HELD_OUT]  # the bench's noise is not the trajectories' (seed 0)
 
 
 def test_demo_refuses_a_missing_fragment(tmp_path):

@@ -4,7 +4,8 @@
 2. **distil**: a 2-step student with trajectory guidance + adversarial alignment + reward feedback from the toy
    critics (``experiments/toy/demo.yaml``), plus the callback fragments (EMA, video samples, ...);
 3. **bench**: teacher 50 steps + CFG, teacher at the student's 2 steps + CFG and the student, on the same prompts
-   and seeds, with the speed-ups measured in the same run.
+   and seeds, with the speed-ups measured in the same run. The seeds are held out: noise the trajectories (and so
+   the student) never used.
 
 Everything goes under ``--out`` (default ``runs/demo``): ``synvid/`` (the trajectories), ``train/`` (TensorBoard
 logs, checkpoints, ``export/``), ``samples/<row>/`` (``videos.npz``, mp4s, ``grid.gif``), ``toybench.md``,
@@ -35,6 +36,9 @@ CONFIG = ROOT / "experiments" / "toy" / "demo.yaml"
 FRAGMENTS = ("ema.yaml", "video_samples.yaml")
 TEACHER = "toy-flow"
 KEY_INDICES = (0, 25, 50)
+# The bench samples from noise the student never trained on: trajectory i uses seed ``seed + i``, the bench's
+# video i seed ``seed + max(HELD_OUT, number of trajectories) + i``.
+HELD_OUT = 10_000
 
 
 def train_args(out: Path, steps: int | None, fragments: list[Path]) -> list[str]:
@@ -96,7 +100,8 @@ def run(argv: list[str]) -> dict[str, dict]:
 
     with _stage("1/3 synth: the teacher's trajectories", times, out):
         teacher = load_backbone(TEACHER)
-        synthesize(teacher, load_prompts(args.prompts, repeat=args.repeat), out / "synvid", key_indices=KEY_INDICES,
+        trajectories = load_prompts(args.prompts, repeat=args.repeat)
+        synthesize(teacher, trajectories, out / "synvid", key_indices=KEY_INDICES,
                    dtype="float32", seed=args.seed)
 
     export = out / "train" / "export"
@@ -122,7 +127,9 @@ def run(argv: list[str]) -> dict[str, dict]:
         rows = [{"name": "teacher_50steps_cfg", "model": TEACHER, "steps": 50},
                 {"name": "teacher_2steps_cfg", "model": TEACHER, "steps": 2},
                 {"name": "student_2steps", "model": str(export)}]
-        results = run_bench(rows, out, args.prompts, args.bench_repeat, args.seed, reference=rows[0]["name"])
+        held_out = args.seed + max(HELD_OUT, len(trajectories))
+        results = run_bench(rows, out, args.prompts, args.bench_repeat, held_out,
+                            reference=rows[0]["name"])
 
     print("\nseconds per stage: " + ", ".join(f"{k.split(':')[0]} {v:.0f}" for k, v in times.items()))
     print(f"samples (GIF grids, mp4, videos.npz) under {out}/samples/; table in {out}/toybench.md")
