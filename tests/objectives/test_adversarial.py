@@ -194,7 +194,7 @@ def test_the_heads_learn_to_tell_real_from_fake():
 
 
 def test_rollout_fakes_are_the_students_own_sample(setup):
-    """``fakes="rollout"``: the fake at the clean key point is the student's m-step sample from the key noise (what
+    """``fakes="rollout"``: the fake at the clean key point is the student's m-step sample from fresh noise (what
     users get), not its one step from the teacher's previous key latent; each term still reaches only its own
     parameters."""
     from vdistill.sampling.sampler import sample_latents
@@ -206,6 +206,7 @@ def test_rollout_fakes_are_the_students_own_sample(setup):
     made = {}
     for fakes in ("teacher_keys", "rollout"):
         adv = AdversarialAlignment(weight=LAMBDA, queue_size=2, fakes=fakes)
+        torch.manual_seed(5)
         out = adv(batch, models)
         made[fakes] = adv.queue.get(lat.shape[1] - 2)[0]  # this step's fakes at the clean key point
         if fakes == "rollout":
@@ -215,8 +216,10 @@ def test_rollout_fakes_are_the_students_own_sample(setup):
             student.zero_grad(set_to_none=True)
             out["adv_d"].backward()
             assert all(p.grad is None for p in student.parameters())
+    torch.manual_seed(5)
+    noise = torch.randn_like(lat[:, 0])  # the draw the rollout made
     with torch.no_grad():
-        sample = sample_latents(student, lat[:, 0], batch["text"], timesteps=times[0]).latents
+        sample = sample_latents(student, noise, batch["text"], timesteps=times[0]).latents
     torch.testing.assert_close(made["rollout"], sample.float(), rtol=1e-5, atol=1e-6)
     assert (made["teacher_keys"] - sample).abs().max() > 1e-3
     with pytest.raises(UserError, match="fakes='student'.*teacher_keys"):

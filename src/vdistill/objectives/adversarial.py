@@ -90,9 +90,11 @@ class AdversarialAlignment(Objective):
             update; their learning rate is the optimizer group's).
         queue_size: past fakes kept per key timestep (0: no queue).
         fakes: ``teacher_keys`` (AccVideo): the fake at key point ``k`` is the student's one step from the TEACHER's
-            key latent ``x_{k-1}``; ``rollout`` (ours, not in the paper): from the student's OWN previous output
-            (detached), so the fake at the clean key point is exactly the student's m-step sample, the video users
-            see. Costs one more student forward per key point after the first.
+            key latent ``x_{k-1}`` of the same trajectory; ``rollout`` (ours, not in the paper): the student's own
+            m-step chain from FRESH noise (detached between steps), so the fake at the clean key point is a sample
+            as users get it, from noise the trajectory set does not hold. Why: on a small trajectory set the student
+            reproduces its training trajectories almost exactly, and the paired fakes of ``teacher_keys`` give the
+            heads nothing to see (measured in the toy world, README). Costs one student forward per key point.
 
     Returns ``adv_g`` and ``adv_d`` (mean over key timesteps) and the diagnostics ``real_acc`` / ``fake_acc``
     (fraction of real / current fake samples the heads classify right) and ``real_logit`` / ``fake_logit``.
@@ -164,13 +166,15 @@ class AdversarialAlignment(Objective):
 
     @staticmethod
     def rollout(fake: Tensor, t: Tensor, t_next: Tensor, text: TextCond, models: Models) -> Tensor:
-        """Fakes ``[B, pairs, ...]`` re-made along the student's own chain: pair 0 keeps its step from the noise,
-        pair ``j`` steps from pair ``j - 1``'s output (detached: the student is trained one step at a time)."""
-        cols = [fake[:, 0]]
-        for j in range(1, fake.shape[1]):
-            x = cols[-1].detach()
+        """Fakes ``[B, pairs, ...]`` along the student's own chain from fresh standard-normal noise (as the sampler
+        starts): pair ``j`` steps from pair ``j - 1``'s output, detached (the student is trained one step at a
+        time)."""
+        x = torch.randn_like(fake[:, 0])
+        cols = []
+        for j in range(fake.shape[1]):
             raw = models.student_raw(x, t[:, j], text)
             cols.append(models.student.schedule.step(raw.float(), x, t[:, j], t_next[:, j]))
+            x = cols[-1].detach()
         return torch.stack(cols, dim=1)
 
     def extra_repr(self) -> str:
