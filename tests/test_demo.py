@@ -54,11 +54,11 @@ def test_demo_takes_config_fragments(tmp_path, capsys, monkeypatch):
     prompts.write_text("a red circle moving left\n")
     out = tmp_path / "demo"
     run(["--out", str(out), "--prompts", str(prompts), "--max-steps", "1", "--no-callbacks",
-         "--config", str(root / "experiments/toy/demo_rollout.yaml")])
-    assert f"--config {root / 'experiments/toy/demo_rollout.yaml'}" in capsys.readouterr().out
+         "--config", str(root / "experiments/toy/demo_paired.yaml")])
+    assert f"--config {root / 'experiments/toy/demo_paired.yaml'}" in capsys.readouterr().out
     cfg = yaml.safe_load(next((out / "train").glob("lightning_logs/version_0/config.yaml")).read_text())
     adv = [o for o in cfg["model"]["init_args"]["objectives"] if o["class_path"].endswith("AdversarialAlignment")]
-    assert adv[0]["init_args"]["fakes"] == "rollout"
+    assert adv[0]["init_args"]["fakes"] == "teacher_keys"  # the demo's own is rollout
     assert seeds == [demo.HELD_OUT]  # the bench's noise is not the trajectories' (seed 0)
 
 

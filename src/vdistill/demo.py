@@ -78,7 +78,7 @@ def run(argv: list[str]) -> dict[str, dict]:
     p.add_argument("--no-callbacks", action="store_true", help=f"leave out callbacks/{{{','.join(FRAGMENTS)}}}")
     p.add_argument("--config", action="append", default=[], metavar="FRAGMENT",
                    help="a config fragment for the distillation, after the demo's own (repeatable), e.g. "
-                        "experiments/toy/demo_rollout.yaml")
+                        "experiments/toy/demo_paired.yaml")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
