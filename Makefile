@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean teachers teacher-table accvideo accvideo-synth accvideo-traj accvideo-adv critics \
-	turbo turbo-cd turbo-image turbo-video turbo-both
+	turbo turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 
 # The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
 # experiments/gpu/one_gpu.yaml: accelerator gpu, 4 data workers, throughput curves; synth and bench on cuda),
@@ -67,7 +67,7 @@ critics: $(STAMP)
 	$(VD) critic-report --critic toy-video
 
 # T2V-Turbo in the toy world (issue 4): consistency distillation of the DDPM teacher alone (the VCM baseline) and
-# with image, video and both toy rewards, then one ToyBench table (students at 4 and 2 steps) under runs/toy/turbo/.
+# with image, video and both toy rewards (T2V-Turbo's betas, and both at 1/100 of them), then one ToyBench table (students at 4 and 2 steps) under runs/toy/turbo/.
 turbo-cd: $(STAMP)
 	$(VD) fit --config experiments/toy/turbo.yaml $(FIT_DEVICE)
 turbo-image: $(STAMP)
@@ -76,7 +76,9 @@ turbo-video: $(STAMP)
 	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_video.yaml $(FIT_DEVICE)
 turbo-both: $(STAMP)
 	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml $(FIT_DEVICE)
-turbo: turbo-cd turbo-image turbo-video turbo-both
+turbo-both-small: $(STAMP)
+	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both_small.yaml $(FIT_DEVICE)
+turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
