@@ -67,7 +67,8 @@ critics: $(STAMP)
 	$(VD) critic-report --critic toy-video
 
 # T2V-Turbo in the toy world (issue 4): consistency distillation of the DDPM teacher alone (the VCM baseline) and
-# with image, video and both toy rewards (T2V-Turbo's betas, and both at 1/100 of them), then one ToyBench table (students at 4 and 2 steps) under runs/toy/turbo/.
+# with image, video and both toy rewards (T2V-Turbo's betas, and both at 1/100 of them), then one ToyBench table
+# (students at 4 and 2 steps) under runs/toy/turbo/.
 turbo-cd: $(STAMP)
 	$(VD) fit --config experiments/toy/turbo.yaml $(FIT_DEVICE)
 turbo-image: $(STAMP)
