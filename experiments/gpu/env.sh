@@ -2,7 +2,7 @@
 #   source experiments/gpu/env.sh
 # Installs the wheels carried in .whl/ (if any) into /tmp/site, puts them and src/ on PYTHONPATH, and defines a
 # `vdistill` shell function (= python3 -m vdistill.cli) so the recipes' commands run unchanged.
-# Fetch the wheels on a machine with an index (see BENCHMARKS.md, "How to rerun").
+# Fetch the wheels on a machine with an index: the pip commands are in BENCHMARKS.md.
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || return 1
