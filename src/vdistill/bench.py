@@ -97,7 +97,7 @@ def run(argv: list[str]) -> dict[str, dict]:
     if set(spec) - valid:
         raise UserError(f"unknown keys {sorted(set(spec) - valid)} in {args.rows}; valid: {', '.join(sorted(valid))}")
     device = args.device or spec.get("device", "cpu")
-    if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"bench device {device!r}: no CUDA GPU is visible here; use --device cpu")
     rows = spec.get("rows", [])
     if args.only_rows:

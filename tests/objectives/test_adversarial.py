@@ -97,9 +97,8 @@ def test_single_backward_equals_the_alternating_update(setup):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_each_term_reaches_only_its_own_parameters(setup):
-    teacher, student, disc, adv, batch = setup
-    out = adv(batch, Models(student=student, teacher=teacher, discriminator=disc))
+def assert_each_term_reaches_only_its_own_parameters(out: dict, student, disc) -> None:
+    """``adv_g`` reaches the student only, ``adv_d`` the heads only (gradients start cleared)."""
     out["adv_g"].backward(retain_graph=True)
     assert all(p.grad is None for p in disc.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
@@ -107,6 +106,12 @@ def test_each_term_reaches_only_its_own_parameters(setup):
     out["adv_d"].backward()
     assert all(p.grad is None for p in student.parameters())
     assert all(p.grad is not None for p in disc.parameters())
+
+
+def test_each_term_reaches_only_its_own_parameters(setup):
+    teacher, student, disc, adv, batch = setup
+    out = adv(batch, Models(student=student, teacher=teacher, discriminator=disc))
+    assert_each_term_reaches_only_its_own_parameters(out, student, disc)
 
 
 def test_queue_is_fifo_newest_first_and_round_trips():
@@ -210,12 +215,7 @@ def test_rollout_fakes_are_the_students_own_sample(setup):
         out = adv(batch, models)
         made[fakes] = adv.queue.get(lat.shape[1] - 2)[0]  # this step's fakes at the clean key point
         if fakes == "rollout":
-            out["adv_g"].backward(retain_graph=True)
-            assert all(p.grad is None for p in disc.parameters())
-            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-            student.zero_grad(set_to_none=True)
-            out["adv_d"].backward()
-            assert all(p.grad is None for p in student.parameters())
+            assert_each_term_reaches_only_its_own_parameters(out, student, disc)
     torch.manual_seed(5)
     noise = torch.randn_like(lat[:, 0])  # the draw the rollout made
     with torch.no_grad():

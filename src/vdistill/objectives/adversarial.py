@@ -120,12 +120,13 @@ class AdversarialAlignment(Objective):
         disc = models.discriminator
         kp = key_point_predictions(batch, models)
         b, pairs = batch["latents"].shape[0], kp.pairs
-        fake = models.student.schedule.step(kp.raw.float(), kp.x, kp.t, kp.t_next).unflatten(0, (b, pairs))
         real = kp.x_next.unflatten(0, (b, pairs))
         times = kp.t_next.unflatten(0, (b, pairs))
         text = batch["text"]
         if self.fakes == "rollout":
-            fake = self.rollout(fake, kp.t.unflatten(0, (b, pairs)), times, text, models)
+            fake = self.rollout(real, kp.t.unflatten(0, (b, pairs)), times, text, models)
+        else:
+            fake = models.student.schedule.step(kp.raw.float(), kp.x, kp.t, kp.t_next).unflatten(0, (b, pairs))
         groups: dict[int, list[int]] = {}  # key timesteps read from the same block share one teacher forward
         for j in range(pairs):
             groups.setdefault(disc.blocks[j], []).append(j)
@@ -165,13 +166,13 @@ class AdversarialAlignment(Objective):
         return out
 
     @staticmethod
-    def rollout(fake: Tensor, t: Tensor, t_next: Tensor, text: TextCond, models: Models) -> Tensor:
-        """Fakes ``[B, pairs, ...]`` along the student's own chain from fresh standard-normal noise (as the sampler
-        starts): pair ``j`` steps from pair ``j - 1``'s output, detached (the student is trained one step at a
-        time)."""
-        x = torch.randn_like(fake[:, 0])
+    def rollout(like: Tensor, t: Tensor, t_next: Tensor, text: TextCond, models: Models) -> Tensor:
+        """Fakes shaped like ``like`` ``[B, pairs, ...]`` along the student's own chain from fresh standard-normal
+        noise (as the sampler starts): pair ``j`` steps from pair ``j - 1``'s output, detached (the student is
+        trained one step at a time)."""
+        x = torch.randn_like(like[:, 0])
         cols = []
-        for j in range(fake.shape[1]):
+        for j in range(like.shape[1]):
             raw = models.student_raw(x, t[:, j], text)
             cols.append(models.student.schedule.step(raw.float(), x, t[:, j], t_next[:, j]))
             x = cols[-1].detach()
