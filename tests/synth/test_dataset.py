@@ -83,3 +83,26 @@ def test_datamodule_batches(root):
     assert b["latents"].shape == (2, len(KEYS), 3, 4, 8, 8) and b["latents"].dtype == torch.float32
     assert b["text"]["pooled"].shape == (2, 16) and b["timesteps"].shape == (2, len(KEYS))
     assert b["prompt"] == PROMPTS[:2] and b["seed"].tolist() == [3, 4] and b["index"].tolist() == [0, 1]
+
+
+def test_key_subset_equals_a_dataset_synthesized_with_those_keys(root, teacher, tmp_path):
+    sub = TrajectoryDataset(root, key_indices=[0, 6])
+    with one_thread():
+        synthesize(teacher, PROMPTS, tmp_path, key_indices=(0, 6), shard_size=1, batch_size=1, seed=3,
+                   progress=False)
+    direct = TrajectoryDataset(tmp_path)
+    assert torch.equal(sub.timesteps, direct.timesteps) and len(sub) == len(direct)
+    for i in (0, 4):
+        assert torch.equal(sub[i]["latents"], direct[i]["latents"])  # the same 6-step trajectory, fewer points
+        assert torch.equal(sub[i]["timesteps"], direct[i]["timesteps"])
+    dm = TrajectoryData(str(root), batch_size=2, shuffle=False, key_indices=[0, 2, 6])
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert b["latents"].shape[1] == 3 and torch.equal(b["latents"][0], TrajectoryDataset(root)[0]["latents"][[0, 1, 3]])
+
+
+@pytest.mark.parametrize("keys, message", [([0, 5], r"\[5\] not stored .* choose from \[0, 2, 4, 6\]"),
+                                           ([6, 0], "increasing order"), ([2], "at least two")])
+def test_key_subset_errors(root, keys, message):
+    with pytest.raises(UserError, match=message):
+        TrajectoryDataset(root, key_indices=keys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -33,6 +34,20 @@ def check_teacher(manifest: dict, teacher: Backbone, root: str | Path = "dataset
                         + "; ".join(d.replace("(now)", "(this teacher)") for d in diff))
 
 
+def select_keys(stored: Sequence[int], wanted: Sequence[int] | None, root: str | Path = "dataset") -> tuple[int, ...]:
+    """Positions in the stored key points of the step indices ``wanted`` (None: all), checked."""
+    if wanted is None:
+        return tuple(range(len(stored)))
+    wanted = [int(i) for i in wanted]
+    missing = [i for i in wanted if i not in stored]
+    if missing:
+        raise UserError(f"key_indices {wanted}: {missing} not stored in {str(root)!r}; choose from {list(stored)}")
+    if len(wanted) < 2 or wanted != sorted(set(wanted)):
+        raise UserError(f"key_indices {wanted}: give at least two distinct step indices in increasing order "
+                        f"(from {list(stored)})")
+    return tuple(stored.index(i) for i in wanted)
+
+
 class TrajectoryDataset(Dataset):
     """Key points of teacher trajectories, one item per prompt.
 
@@ -42,13 +57,15 @@ class TrajectoryDataset(Dataset):
         dtype: cast float tensors to this dtype (e.g. ``torch.float32``); None keeps the stored one (bf16).
         allow_partial: read an unfinished dataset (only its completed shards) instead of refusing it.
         max_open: shards kept open at once (least recently used are closed).
+        key_indices: train on a subset of the stored key points, as teacher step indices (e.g. ``[0, 50]`` from
+            a ``0, 25, 50`` dataset: a 1-step student from the 2-step set); None: all of them.
 
     Item ``i``: ``{"latents": [K, C, T, H, W], "text": {key: [...]}, "timesteps": [K] (float32 schedule times,
     noisiest first), "prompt": str, "seed": int, "index": int}``.
     """
 
     def __init__(self, root: str | Path, teacher: Backbone | None = None, dtype: torch.dtype | None = None,
-                 allow_partial: bool = False, max_open: int = 8) -> None:
+                 allow_partial: bool = False, max_open: int = 8, key_indices: Sequence[int] | None = None) -> None:
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         if not self.manifest["complete"] and not allow_partial:
@@ -62,7 +79,8 @@ class TrajectoryDataset(Dataset):
         self.offsets = [0]
         for e in self.shards:
             self.offsets.append(self.offsets[-1] + e["count"])
-        self.timesteps = torch.tensor(self.settings["key_timesteps"], dtype=torch.float32)
+        self.keys = select_keys(self.settings["key_indices"], key_indices, self.root)
+        self.timesteps = torch.tensor([self.settings["key_timesteps"][k] for k in self.keys], dtype=torch.float32)
         self.dtype = dtype
         self.max_open = max_open
         self._open: OrderedDict[int, tuple[object, list[str]]] = OrderedDict()
@@ -99,7 +117,7 @@ class TrajectoryDataset(Dataset):
         j = i - self.offsets[k]
         row = {key: handle.get_slice(key)[j: j + 1][0] for key in handle.keys()}
         return {
-            "latents": self._cast(row["latents"]),
+            "latents": self._cast(row["latents"][list(self.keys)]),
             "text": {key[5:]: self._cast(v) for key, v in row.items() if key.startswith("text.")},
             "timesteps": self.timesteps.clone(),
             "prompt": prompts[j],
@@ -130,6 +148,8 @@ class TrajectoryData(L.LightningDataModule):
         num_workers: DataLoader workers (each opens its own shards).
         shuffle: shuffle samples each epoch.
         dtype: ``float32``, ``bfloat16``, ... for float tensors; None keeps the stored dtype.
+        key_indices: the key points to train on, as teacher step indices (a subset of the stored ones, e.g.
+            ``[0, 50]`` for a 1-step student from a ``0, 25, 50`` set); None: all stored ones.
 
     Training batches are teacher key points: what trajectory guidance and adversarial alignment need
     (``provides``).
@@ -138,7 +158,7 @@ class TrajectoryData(L.LightningDataModule):
     provides = ("trajectory",)
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, shuffle: bool = True,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, key_indices: list[int] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.dataset: TrajectoryDataset | None = None
@@ -149,7 +169,7 @@ class TrajectoryData(L.LightningDataModule):
         dtype = None if name is None else getattr(torch, name, None)
         if name is not None and not isinstance(dtype, torch.dtype):
             raise UserError(f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or 'bfloat16'")
-        self.dataset = TrajectoryDataset(self.hparams.root, teacher, dtype=dtype)
+        self.dataset = TrajectoryDataset(self.hparams.root, teacher, dtype=dtype, key_indices=self.hparams.key_indices)
         return self.dataset
 
     def setup(self, stage: str | None = None) -> None:
