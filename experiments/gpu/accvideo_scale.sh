@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # experiments/toy/accvideo_scale.yaml on one GPU, one phase per device call (each under 10 minutes):
-#   source experiments/gpu/env.sh && bash experiments/gpu/accvideo_scale.sh [b16|b64] [OUT_DIR]
+#   source experiments/gpu/env.sh && bash experiments/gpu/accvideo_scale.sh [b16|b64|b12k] [OUT_DIR]
 # b16: the 384- and 3,072-trajectory sets and the eight batch-16 students side by side (one `vdistill sweep --only
 # RUN` each; the 384 runs start while the 3,072 set is written), then accvideo_scale_bench.yaml.
 # b64: the 3,072- and 6,144-trajectory sets and the five batch-64 students, then accvideo_scale_b64_bench.yaml.
-# Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64: the call's limit) and still export.
+# b12k: the 12,288-trajectory set and two batch-64 students, then accvideo_scale_12k_bench.yaml.
+# Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64, 5 min for b12k: the call's limit) and still export.
 # OUT_DIR gets scale_PHASE.tgz (table, samples, event files, logs) and best_PHASE.tgz (the best 2-step student).
 set -u -o pipefail
 PHASE=${1:-b16}
@@ -13,8 +14,8 @@ mkdir -p "$OUT_DIR"
 VD=(python3 -m vdistill.cli)
 SWEEP=experiments/toy/accvideo_scale.yaml
 t0=$SECONDS
-synth() {  # synth SECONDS REPEAT OUT
-  timeout "$1" "${VD[@]}" synth --model toy-flow --prompts toy --repeat "$2" --key-indices 0,25,50 --dtype float32 \
+synth() {  # synth SECONDS REPEAT OUT [SEED]
+  timeout "$1" "${VD[@]}" synth --seed "${4:-0}" --model toy-flow --prompts toy --repeat "$2" --key-indices 0,25,50 --dtype float32 \
     --batch-size 64 --device cuda --out "$3" 2>&1 | tail -1 && echo "  at $((SECONDS - t0)) s"
 }
 fit() {
@@ -38,7 +39,12 @@ case $PHASE in
     fit m2_traj_3k_b64
     synth 100 128 runs/toy/accvideo/synvid_m2_6k
     fit m2_traj_6k_b64 m2_paired_6k_b64 m2_rollout_6k_b64 m1_traj_6k_b64 ;;
-  *) echo "unknown phase $PHASE: b16 or b64" >&2; exit 2 ;;
+  b12k)
+    printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
+    bench=experiments/toy/accvideo_scale_12k_bench.yaml
+    synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000
+    fit m2_traj_12k_b64 m2_traj_12k_b64_ema ;;
+  *) echo "unknown phase $PHASE: b16, b64 or b12k" >&2; exit 2 ;;
 esac
 wait
 echo "fits done at $((SECONDS - t0)) s"
