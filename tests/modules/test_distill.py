@@ -34,10 +34,10 @@ def make(teacher, mix: str, student: StudentConfig = StudentConfig()) -> Distill
     return Distillation(teacher, objectives(mix), student=student, discriminator=disc, lr=1e-3, disc_lr=1e-3)
 
 
-def fit(model, root: Path, max_steps: int, ckpt_path=None) -> L.Trainer:
+def fit(model, root: Path, max_steps: int, ckpt_path=None, **data) -> L.Trainer:
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=TrajectoryData(str(root), batch_size=2, shuffle=False), ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=TrajectoryData(str(root), batch_size=2, shuffle=False, **data), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -84,6 +84,18 @@ def test_fit_toy(toy, mix):
         assert len(trainer.optimizers) == 1 and [g["name"] for g in groups] == ["student", "discriminator"]
     else:
         assert model.discriminator is None and "loss/adv_g" not in logged
+
+
+def test_one_step_student_from_a_key_subset(toy, tmp_path):
+    """``key_indices: [0, 4]`` of a 0, 2, 4 set: a 1-step student with one head, whose export samples in one step."""
+    model = make(str(toy / "teacher"), "trajectory+adversarial")
+    trainer = fit(model, toy / "data", max_steps=2, key_indices=[0, 4])
+    grid = tiny_toy().schedule.sampling_timesteps(4)
+    assert model.key_timesteps == (grid[0].item(), grid[4].item()) and len(model.discriminator.heads) == 1
+    assert "trajectory/k0" in trainer.callback_metrics and "trajectory/k1" not in trainer.callback_metrics
+    save_backbone(model.student, tmp_path / "export")
+    student = load_backbone(str(tmp_path / "export"))
+    assert student.defaults.steps == 1 and student.key_timesteps == model.key_timesteps
 
 
 @pytest.mark.parametrize("mix", MIXES)
