@@ -10,21 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from vdistill.cli import main
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    sys.argv = ["vdistill", *args]  # as if typed on the command line
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_list_shows_components_by_kind(capsys):

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import run_cli
 
-from vdistill.cli import main
 from vdistill.sweep import command, load_sweep
 from vdistill.sweep.results import final_scalars
 from vdistill.sweep.runs import resolve
@@ -72,15 +71,6 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    sys.argv = ["vdistill", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_events(logdir: Path, scalars: dict[str, list[float]]) -> None:
