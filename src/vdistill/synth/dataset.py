@@ -80,6 +80,7 @@ class TrajectoryDataset(Dataset):
         for e in self.shards:
             self.offsets.append(self.offsets[-1] + e["count"])
         self.keys = select_keys(self.settings["key_indices"], key_indices, self.root)
+        self.all_keys = len(self.keys) == len(self.settings["key_indices"])
         self.timesteps = torch.tensor([self.settings["key_timesteps"][k] for k in self.keys], dtype=torch.float32)
         self.dtype = dtype
         self.max_open = max_open
@@ -117,7 +118,7 @@ class TrajectoryDataset(Dataset):
         j = i - self.offsets[k]
         row = {key: handle.get_slice(key)[j: j + 1][0] for key in handle.keys()}
         return {
-            "latents": self._cast(row["latents"][list(self.keys)]),
+            "latents": self._cast(row["latents"] if self.all_keys else row["latents"][list(self.keys)]),
             "text": {key[5:]: self._cast(v) for key, v in row.items() if key.startswith("text.")},
             "timesteps": self.timesteps.clone(),
             "prompt": prompts[j],
