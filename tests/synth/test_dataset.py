@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import KEYS, PROMPTS, one_thread
+from synth_helpers import KEYS, PROMPTS, one_thread
 
 import vdistill.synth.shards as shards
 from vdistill.errors import UserError

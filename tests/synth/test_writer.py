@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import KEYS, PROMPTS, one_thread
+from synth_helpers import KEYS, PROMPTS, one_thread
 
 import vdistill.synth.writer as writer
 from vdistill.backbones.base import text_to
