@@ -15,8 +15,6 @@ from cli_helpers import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def test_list_shows_components_by_kind(capsys):
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0

@@ -71,8 +71,6 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-
-
 def write_events(logdir: Path, scalars: dict[str, list[float]]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 

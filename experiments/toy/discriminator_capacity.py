@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from vdistill.backbones.io import load_backbone
 from vdistill.modules.discriminator import DiscriminatorHead
 from vdistill.sampling.sampler import sample_latents
-from vdistill.synth.dataset import TrajectoryDataset
+from vdistill.synth.dataset import TrajectoryDataset, collate
 from vdistill.world.toybench import evaluate
 
 
@@ -77,12 +77,10 @@ def main() -> None:
     ds = TrajectoryDataset(args.synvid, dtype=torch.float32)
     teacher = load_backbone(args.teacher).eval().requires_grad_(False)
     student = load_backbone(args.student).eval().requires_grad_(False)
-    items = [ds[i] for i in range(len(ds))]
-    real = torch.stack([it["latents"][-1] for it in items])
-    text = {k: torch.stack([it["text"][k] for it in items]) for k in items[0]["text"]}
-    prompts = [it["prompt"] for it in items]
+    data = collate([ds[i] for i in range(len(ds))])
+    real, text, prompts = data["latents"][:, -1], data["text"], data["prompt"]
     noise = torch.stack([torch.randn(real.shape[1:], generator=torch.Generator().manual_seed(args.seed + i))
-                         for i in range(len(items))])
+                         for i in range(len(real))])
     with torch.no_grad():
         fake = sample_latents(student, noise, text).latents.float()
         for name, x in (("reals (teacher clean key latents)", real), ("fakes (student samples, fresh noise)", fake)):

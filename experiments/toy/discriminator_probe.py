@@ -18,7 +18,7 @@ import torch
 from vdistill.backbones.io import load_backbone
 from vdistill.modules.discriminator import Discriminator
 from vdistill.sampling.sampler import sample_latents
-from vdistill.synth.dataset import TrajectoryDataset
+from vdistill.synth.dataset import TrajectoryDataset, collate
 from vdistill.world.toybench import evaluate
 
 
@@ -31,12 +31,10 @@ def main() -> None:
     ds = TrajectoryDataset(args.synvid)
     teacher = load_backbone(args.teacher).eval().requires_grad_(False)
     student = load_backbone(args.student).eval().requires_grad_(False)
-    items = [ds[i] for i in range(len(ds))]
-    lat = torch.stack([it["latents"] for it in items]).float()  # [N, K, C, T, H, W]
-    text = {k: torch.stack([it["text"][k] for it in items]) for k in items[0]["text"]}
-    prompts = [it["prompt"] for it in items]
-    ts = items[0]["timesteps"].float()
-    n = len(items)
+    data = collate([ds[i] for i in range(len(ds))])
+    lat = data["latents"].float()  # [N, K, C, T, H, W]
+    text, prompts, ts = data["text"], data["prompt"], data["timesteps"][0].float()
+    n = len(lat)
     with torch.no_grad():
         real = lat[:, -1]
         t_prev = ts[-2].expand(n)

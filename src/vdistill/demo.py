@@ -101,8 +101,7 @@ def run(argv: list[str]) -> dict[str, dict]:
     with _stage("1/3 synth: the teacher's trajectories", times, out):
         teacher = load_backbone(TEACHER)
         trajectories = load_prompts(args.prompts, repeat=args.repeat)
-        synthesize(teacher, trajectories, out / "synvid", key_indices=KEY_INDICES,
-                   dtype="float32", seed=args.seed)
+        synthesize(teacher, trajectories, out / "synvid", key_indices=KEY_INDICES, dtype="float32", seed=args.seed)
 
     export = out / "train" / "export"
     with _stage("2/3 distil: trajectory + adversarial + reward", times, out):
@@ -128,8 +127,7 @@ def run(argv: list[str]) -> dict[str, dict]:
                 {"name": "teacher_2steps_cfg", "model": TEACHER, "steps": 2},
                 {"name": "student_2steps", "model": str(export)}]
         held_out = args.seed + max(HELD_OUT, len(trajectories))
-        results = run_bench(rows, out, args.prompts, args.bench_repeat, held_out,
-                            reference=rows[0]["name"])
+        results = run_bench(rows, out, args.prompts, args.bench_repeat, held_out, reference=rows[0]["name"])
 
     print("\nseconds per stage: " + ", ".join(f"{k.split(':')[0]} {v:.0f}" for k, v in times.items()))
     print(f"samples (GIF grids, mp4, videos.npz) under {out}/samples/; table in {out}/toybench.md")
