@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # experiments/toy/accvideo_scale.yaml on one GPU, one phase per device call (each under 10 minutes):
-#   source experiments/gpu/env.sh && bash experiments/gpu/accvideo_scale.sh [b16|b64|b12k] [OUT_DIR]
+#   source experiments/gpu/env.sh && bash experiments/gpu/accvideo_scale.sh [b16|b64|b12k|long] [OUT_DIR]
 # b16: the 384- and 3,072-trajectory sets and the eight batch-16 students side by side (one `vdistill sweep --only
 # RUN` each; the 384 runs start while the 3,072 set is written), then accvideo_scale_bench.yaml.
 # b64: the 3,072- and 6,144-trajectory sets and the five batch-64 students, then accvideo_scale_b64_bench.yaml.
 # b12k: the 12,288-trajectory set and two batch-64 students, then accvideo_scale_12k_bench.yaml.
-# Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64, 5 min for b12k: the call's limit) and still export.
+# long: the 12,288 set (batch 256) and the 96-trajectory held-out set, two students with cosine decay (batch 64 and
+# 256), then accvideo_scale_long_bench.yaml. Not run yet.
+# Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64, 5 min for b12k and long: the call's limit) and
+# still export.
 # OUT_DIR gets scale_PHASE.tgz (table, samples, event files, logs) and best_PHASE.tgz (the best 2-step student).
 set -u -o pipefail
 PHASE=${1:-b16}
@@ -14,9 +17,9 @@ mkdir -p "$OUT_DIR"
 VD=(python3 -m vdistill.cli)
 SWEEP=experiments/toy/accvideo_scale.yaml
 t0=$SECONDS
-synth() {  # synth SECONDS REPEAT OUT [SEED]
+synth() {  # synth SECONDS REPEAT OUT [SEED [BATCH]]
   timeout "$1" "${VD[@]}" synth --seed "${4:-0}" --model toy-flow --prompts toy --repeat "$2" --key-indices 0,25,50 --dtype float32 \
-    --batch-size 64 --device cuda --out "$3" 2>&1 | tail -1 && echo "  at $((SECONDS - t0)) s"
+    --batch-size "${5:-64}" --device cuda --out "$3" 2>&1 | tail -1 && echo "  at $((SECONDS - t0)) s"
 }
 fit() {
   for run in "$@"; do
@@ -44,7 +47,13 @@ case $PHASE in
     bench=experiments/toy/accvideo_scale_12k_bench.yaml
     synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000
     fit m2_traj_12k_b64 m2_traj_12k_b64_ema ;;
-  *) echo "unknown phase $PHASE: b16, b64 or b12k" >&2; exit 2 ;;
+  long)
+    printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
+    bench=experiments/toy/accvideo_scale_long_bench.yaml
+    synth 30 2 runs/toy/accvideo/synvid_m2_val 10000
+    synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000 256
+    fit m2_traj_12k_b64_cosine m2_traj_12k_b256_cosine ;;
+  *) echo "unknown phase $PHASE: b16, b64, b12k or long" >&2; exit 2 ;;
 esac
 wait
 echo "fits done at $((SECONDS - t0)) s"

@@ -17,7 +17,9 @@ from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.distill import Distillation
 from vdistill.modules.student import StudentConfig
 from vdistill.objectives import AdversarialAlignment, TrajectoryGuidance
+from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.synth import TrajectoryData, synthesize
+from vdistill.synth.dataset import TrajectoryDataset, collate
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
@@ -96,6 +98,62 @@ def test_one_step_student_from_a_key_subset(toy, tmp_path):
     save_backbone(model.student, tmp_path / "export")
     student = load_backbone(str(tmp_path / "export"))
     assert student.defaults.steps == 1 and student.key_timesteps == model.key_timesteps
+
+
+def test_held_out_trajectory_loss_is_logged(toy, tmp_path):
+    """``TrajectoryData(val_root=...)``: ``val/trajectory`` is the student's Eq. 6 loss on the held-out set, per pair
+    too, with an adversarial mix as well (its queue untouched by validation)."""
+    teacher = load_backbone(str(toy / "teacher"))
+    val = synth(teacher, tmp_path / "val", seed=100)
+    model = make(str(toy / "teacher"), "trajectory+adversarial")
+    trainer = fit(model, toy / "data", max_steps=2, val_root=str(val))
+    queued = model.objectives[1].queue.get(0)[0].clone()
+    metrics = trainer.validate(model, datamodule=trainer.datamodule, verbose=False)[0]
+    assert torch.equal(model.objectives[1].queue.get(0)[0], queued)
+    batch = collate([TrajectoryDataset(val, dtype=torch.float32)[i] for i in range(len(PROMPTS))])
+    with torch.no_grad():
+        want = trajectory_errors(batch, model.models())
+    assert set(metrics) == {"val/trajectory", "val/k0", "val/k1"}
+    for key in ("trajectory", "k0", "k1"):
+        assert metrics[f"val/{key}"] == pytest.approx(want[key].item(), rel=1e-5)
+    assert "val/trajectory" in trainer.callback_metrics  # also validated during fit (each epoch)
+
+
+def test_held_out_sets_must_match_and_should_not_share_seeds(toy, tmp_path):
+    teacher = load_backbone(str(toy / "teacher"))
+    same_seeds = synth(teacher, tmp_path / "same_seeds")
+    with pytest.warns(UserWarning, match=r"noise seeds 0..1 and the training set 0..1.*not held out"):
+        TrajectoryData(str(toy / "data"), val_root=str(same_seeds)).build()
+    other_cfg = synth(teacher, tmp_path / "other_cfg", seed=100, cfg=1.0)
+    with pytest.raises(UserError, match=r"held-out trajectories.*not made like the training ones.*cfg"):
+        TrajectoryData(str(toy / "data"), val_root=str(other_cfg)).build()
+
+
+def test_learning_rate_decays_as_diffusers_schedules(toy):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    class Record(L.Callback):
+        lrs: list[float] = []
+
+        def on_train_batch_start(self, trainer, *_):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = Distillation(str(toy / "teacher"), [TrajectoryGuidance()], lr=1e-3, warmup_steps=2,
+                         lr_schedule="cosine")
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[record := Record()])
+    trainer.fit(model, datamodule=TrajectoryData(str(toy / "data"), batch_size=2))
+    ref = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    factor = get_cosine_schedule_with_warmup(ref, num_warmup_steps=2, num_training_steps=6).lr_lambdas[0]
+    want = [1e-3 * factor(step) for step in range(6)]
+    assert record.lrs == pytest.approx(want) and want[1] == pytest.approx(5e-4) and want[-1] < want[2] / 6
+    with pytest.raises(UserError, match=r"lr_schedule 'cosin' is not one of \['constant', 'linear', 'cosine'\]"):
+        Distillation(str(toy / "teacher"), [TrajectoryGuidance()], lr_schedule="cosin")
+    endless = L.Trainer(max_steps=-1, max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(UserError, match="decays to 0 at the run's last step: set trainer.max_steps"):
+        endless.fit(Distillation(str(toy / "teacher"), [TrajectoryGuidance()], lr_schedule="linear"),
+                    datamodule=TrajectoryData(str(toy / "data"), batch_size=2))
 
 
 @pytest.mark.parametrize("mix", MIXES)

@@ -15,6 +15,7 @@ the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -33,7 +34,10 @@ from vdistill.modules.resume import apply_rank_state, gather_rank_states, pick_r
 from vdistill.modules.student import StudentConfig, is_lora, make_student, teacher_reference
 from vdistill.objectives.base import Models, Objective, check_needs
 from vdistill.objectives.reward import build_critics, check_critic_names
+from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def shards_parameters(strategy: object) -> bool:
@@ -58,6 +62,9 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         weight_decay: AdamW weight decay of both groups.
         betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up of both groups, in optimizer steps.
+        lr_schedule: after the warm-up, ``constant``, or ``linear`` / ``cosine``: a decay to 0 at the run's last
+            step (``trainer.max_steps`` or ``max_epochs``; a run stopped earlier by ``max_time`` ends above 0), by
+            diffusers' ``get_scheduler`` (whose warm-up starts at 0).
         guidance: embedded guidance scale fed to a student with a guidance embedding (None: none).
         target_ema_decay: the consistency target network (``ConsistencyDistillation``): an EMA of the student's
             trainable weights with this decay (T2V-Turbo's paper: 0.95); None: the online student under no_grad
@@ -83,6 +90,7 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         guidance: float | None = None,
         target_ema_decay: float | None = None,
         critics: dict[str, Any] | list[str] | None = None,
@@ -91,6 +99,8 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         # plain values only: checkpoints stay loadable with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["teacher", "objectives", "student", "discriminator", "critics"])
         self.hparams["student"] = asdict(student)
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule {lr_schedule!r} is not one of {list(LR_SCHEDULES)}")
         if not objectives:
             raise UserError("model.objectives is empty: name at least one objective (e.g. TrajectoryGuidance)")
         self.teacher = load_backbone(teacher) if isinstance(teacher, str) else teacher
@@ -154,7 +164,9 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
                             "online target (target_ema_decay: null, T2V-Turbo's code)")
         dataset = getattr(dm, "dataset", None)
         if isinstance(dataset, TrajectoryDataset):
-            check_teacher(dataset.manifest, self.teacher, dataset.root)
+            for data in (dataset, getattr(dm, "val_dataset", None)):
+                if data is not None:
+                    check_teacher(data.manifest, self.teacher, data.root)
             self.bind_key_timesteps(dataset.timesteps.tolist())
 
     # -- training --------------------------------------------------------------------------------------
@@ -180,6 +192,15 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
         return total
 
+    def validation_step(self, batch: dict | tuple, batch_idx: int) -> None:
+        """The student's trajectory loss (Eq. 6) on held-out key points (``TrajectoryData(val_root=...)``):
+        ``val/trajectory`` and ``val/k{i}`` per pair, whatever the objectives (no queue or state is touched)."""
+        if not isinstance(batch, dict) or "latents" not in batch:
+            return
+        out = trajectory_errors(batch, self.models())
+        self.log_dict({f"val/{k}": v.detach() for k, v in out.items()}, batch_size=batch["latents"].shape[0],
+                      sync_dist=True)
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": hp.lr,
@@ -188,9 +209,19 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             groups.append({"params": list(self.discriminator.parameters()), "lr": hp.disc_lr,
                            "name": "discriminator"})
         opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        if hp.warmup_steps <= 0:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+        schedule = hp.lr_schedule
+        if schedule == "constant":
+            if hp.warmup_steps <= 0:
+                return opt
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+        else:
+            from diffusers.optimization import get_scheduler
+
+            total = self.trainer.estimated_stepping_batches  # optimizer steps of the whole run
+            if not math.isfinite(total):
+                raise UserError(f"lr_schedule {schedule!r} decays to 0 at the run's last step: set "
+                                "trainer.max_steps (e.g. --trainer.max_steps 3000) or max_epochs")
+            sched = get_scheduler(schedule, opt, num_warmup_steps=hp.warmup_steps, num_training_steps=int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs) -> None:

@@ -91,9 +91,15 @@ class TrajectoryGuidance(Objective):
     loss_terms = ("trajectory",)
 
     def forward(self, batch: dict, models: Models) -> dict[str, Tensor]:
-        kp = key_point_predictions(batch, models)
-        target = jump_target(models.student.schedule, kp.x, kp.x_next, kp.t, kp.t_next)
-        err = (kp.raw.float() - target).square()
-        per_pair = err.detach().flatten(1).mean(1).unflatten(0, (-1, kp.pairs)).mean(0)
-        return {"trajectory": err.mean(), **{f"k{i}": v for i, v in enumerate(per_pair)}}
+        return trajectory_errors(batch, models)
+
+
+def trajectory_errors(batch: dict, models: Models) -> dict[str, Tensor]:
+    """Eq. 6 on ``batch``: ``{"trajectory": mean squared error, "k{i}": the mean of pair (i, i + 1), detached}``.
+    Also the held-out loss (``Distillation.validation_step``)."""
+    kp = key_point_predictions(batch, models)
+    target = jump_target(models.student.schedule, kp.x, kp.x_next, kp.t, kp.t_next)
+    err = (kp.raw.float() - target).square()
+    per_pair = err.detach().flatten(1).mean(1).unflatten(0, (-1, kp.pairs)).mean(0)
+    return {"trajectory": err.mean(), **{f"k{i}": v for i, v in enumerate(per_pair)}}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -46,6 +47,29 @@ def select_keys(stored: Sequence[int], wanted: Sequence[int] | None, root: str |
         raise UserError(f"key_indices {wanted}: give at least two distinct step indices in increasing order "
                         f"(from {list(stored)})")
     return tuple(stored.index(i) for i in wanted)
+
+
+SAME_TEACHER_RUN = ("teacher", "schedule", "latent_shape", "video_size", "steps", "cfg", "guidance")
+
+
+def check_held_out(train: TrajectoryDataset, val: TrajectoryDataset) -> list[str]:
+    """Refuse a held-out set whose trajectories are not comparable with ``train``'s (another teacher, solver, CFG,
+    latent shape or key timesteps); return warnings (empty when none): noise seeds shared with ``train`` (prompt
+    ``i`` of a set uses seed ``seed + i``, so shared seeds can mean the very same trajectories)."""
+    a, b = train.settings, val.settings
+    diff = settings_diff({k: a.get(k) for k in SAME_TEACHER_RUN}, {k: b.get(k) for k in SAME_TEACHER_RUN})
+    if diff:
+        raise UserError(f"the held-out trajectories in {str(val.root)!r} were not made like the training ones in "
+                        f"{str(train.root)!r}: " + "; ".join(d.replace("(now)", "(held-out)") for d in diff))
+    if not torch.equal(train.timesteps, val.timesteps):
+        raise UserError(f"the held-out set {str(val.root)!r} has key timesteps {val.timesteps.tolist()}, the "
+                        f"training set {train.timesteps.tolist()}")
+    (lo_a, hi_a), (lo_b, hi_b) = ((s["seed"], s["seed"] + s["num_prompts"]) for s in (a, b))
+    if max(lo_a, lo_b) < min(hi_a, hi_b):
+        return [f"the held-out set {str(val.root)!r} uses noise seeds {lo_b}..{hi_b - 1} and the training set "
+                f"{lo_a}..{hi_a - 1}: a shared seed with the same prompt is the same trajectory, so its loss is not "
+                "held out (synthesise it with --seed past the training set's last seed)"]
+    return []
 
 
 class TrajectoryDataset(Dataset):
@@ -151,6 +175,11 @@ class TrajectoryData(L.LightningDataModule):
         dtype: ``float32``, ``bfloat16``, ... for float tensors; None keeps the stored dtype.
         key_indices: the key points to train on, as teacher step indices (a subset of the stored ones, e.g.
             ``[0, 50]`` for a 1-step student from a ``0, 25, 50`` set); None: all stored ones.
+        val_root: a held-out set of the same teacher (``vdistill synth`` with other seeds): the student's trajectory
+            loss on it is logged as ``val/trajectory`` and ``val/k{i}`` at every validation (Lightning's
+            ``trainer.val_check_interval`` / ``check_val_every_n_epoch``). A training loss far below it means
+            the student is memorising its set. None: no validation.
+        val_batch_size: batch of the held-out set (None: ``batch_size``).
 
     Training batches are teacher key points: what trajectory guidance and adversarial alignment need
     (``provides``).
@@ -159,18 +188,27 @@ class TrajectoryData(L.LightningDataModule):
     provides = ("trajectory",)
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, shuffle: bool = True,
-                 dtype: str | None = None, key_indices: list[int] | None = None) -> None:
+                 dtype: str | None = None, key_indices: list[int] | None = None, val_root: str | None = None,
+                 val_batch_size: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.dataset: TrajectoryDataset | None = None
+        self.val_dataset: TrajectoryDataset | None = None
+        if val_root is None:  # no validation loop at all (an empty loader makes Lightning warn at every fit)
+            self.val_dataloader = super().val_dataloader
 
     def build(self, teacher: Backbone | None = None) -> TrajectoryDataset:
-        """Open the dataset (checked against ``teacher`` when given); ``setup`` calls it without one."""
-        name = self.hparams.dtype
-        dtype = None if name is None else getattr(torch, name, None)
-        if name is not None and not isinstance(dtype, torch.dtype):
-            raise UserError(f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or 'bfloat16'")
-        self.dataset = TrajectoryDataset(self.hparams.root, teacher, dtype=dtype, key_indices=self.hparams.key_indices)
+        """Open the dataset and the held-out one (checked against ``teacher`` when given, and against each other);
+        ``setup`` calls it without a teacher."""
+        hp = self.hparams
+        dtype = None if hp.dtype is None else getattr(torch, hp.dtype, None)
+        if hp.dtype is not None and not isinstance(dtype, torch.dtype):
+            raise UserError(f"dtype {hp.dtype!r} is not a torch dtype; use e.g. 'float32' or 'bfloat16'")
+        self.dataset = TrajectoryDataset(hp.root, teacher, dtype=dtype, key_indices=hp.key_indices)
+        if hp.val_root is not None:
+            self.val_dataset = TrajectoryDataset(hp.val_root, teacher, dtype=dtype, key_indices=hp.key_indices)
+            for warning in check_held_out(self.dataset, self.val_dataset):
+                rank_zero_warn(warning)
         return self.dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -182,3 +220,9 @@ class TrajectoryData(L.LightningDataModule):
         return resumable_loader(self.dataset or self.build(), self.trainer, batch_size=self.hparams.batch_size,
                                 shuffle=self.hparams.shuffle, drop_last=True, collate_fn=collate,
                                 num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.build()
+        return DataLoader(self.val_dataset, batch_size=self.hparams.val_batch_size or self.hparams.batch_size,
+                          shuffle=False, collate_fn=collate, num_workers=self.hparams.num_workers)
