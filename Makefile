@@ -48,13 +48,17 @@ teacher-table: $(STAMP)
 # AccVideo in the toy world (issue 3): synthesise the flow teacher's trajectories (key points 0, 25, 50 of 50
 # Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
 # one ToyBench table with measured speed-ups under runs/toy/accvideo/.
+# The fits also log their loss on 96 held-out trajectories (experiments/toy/heldout.yaml: val/trajectory).
 accvideo-synth: $(STAMP)
 	$(VD) synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
 		--out runs/toy/accvideo/synvid_m2 --device $(DEVICE)
+	$(VD) synth --model toy-flow --prompts toy --repeat 2 --seed 10000 --key-indices 0,25,50 --dtype float32 \
+		--out runs/toy/accvideo/synvid_m2_val --device $(DEVICE)
 accvideo-traj: accvideo-synth
-	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml \
+		--config experiments/toy/heldout.yaml $(FIT_DEVICE)
 accvideo-adv: accvideo-synth
-	$(VD) fit --config experiments/toy/accvideo.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/heldout.yaml $(FIT_DEVICE)
 accvideo: accvideo-traj accvideo-adv
 	$(VD) bench experiments/toy/accvideo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 

@@ -43,11 +43,11 @@ def fit(model, root: Path, max_steps: int, ckpt_path=None, **data) -> L.Trainer:
     return trainer
 
 
-def synth(teacher, out: Path, **size) -> Path:
+def synth(teacher, out: Path, keys: tuple[int, ...] = KEYS, **size) -> Path:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the suite's one-thread fixture
     try:
-        synthesize(teacher, PROMPTS, out, key_indices=KEYS, steps=4, dtype="float32", shard_size=2, batch_size=2,
+        synthesize(teacher, PROMPTS, out, key_indices=keys, steps=4, dtype="float32", shard_size=2, batch_size=2,
                    progress=False, **size)
     finally:
         torch.set_num_threads(before)
@@ -61,6 +61,7 @@ def toy(tmp_path_factory) -> Path:
     teacher = tiny_toy()
     save_backbone(teacher, root / "teacher")
     synth(teacher, root / "data")
+    synth(teacher, root / "val", seed=100)  # held out: other noise
     return root
 
 
@@ -103,8 +104,7 @@ def test_one_step_student_from_a_key_subset(toy, tmp_path):
 def test_held_out_trajectory_loss_is_logged(toy, tmp_path):
     """``TrajectoryData(val_root=...)``: ``val/trajectory`` is the student's Eq. 6 loss on the held-out set, per pair
     too, with an adversarial mix as well (its queue untouched by validation)."""
-    teacher = load_backbone(str(toy / "teacher"))
-    val = synth(teacher, tmp_path / "val", seed=100)
+    val = toy / "val"
     model = make(str(toy / "teacher"), "trajectory+adversarial")
     trainer = fit(model, toy / "data", max_steps=2, val_root=str(val))
     queued = model.objectives[1].queue.get(0)[0].clone()
@@ -127,6 +127,11 @@ def test_held_out_sets_must_match_and_should_not_share_seeds(toy, tmp_path):
     other_cfg = synth(teacher, tmp_path / "other_cfg", seed=100, cfg=1.0)
     with pytest.raises(UserError, match=r"held-out trajectories.*not made like the training ones.*cfg"):
         TrajectoryData(str(toy / "data"), val_root=str(other_cfg)).build()
+    synth(teacher, tmp_path / "ends", keys=(0, 4), seed=100)
+    with pytest.raises(UserError, match=r"held-out set .*ends' has key timesteps \[1.0, 0.0\], the training set "
+                                        r"\[1.0, 0.\d+, 0.0\]"):
+        TrajectoryData(str(toy / "data"), val_root=str(tmp_path / "ends")).build()
+    TrajectoryData(str(toy / "data"), val_root=str(tmp_path / "ends"), key_indices=[0, 4]).build()  # the same ends
 
 
 def test_learning_rate_decays_as_diffusers_schedules(toy):
@@ -239,9 +244,11 @@ def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
         main(["fit", "--config", recipe, "--print_config"])
     printed = capsys.readouterr().out
     assert "teacher: toy-flow" in printed and "AdversarialAlignment" in printed
-    main(["fit", "--config", recipe, f"--model.init_args.teacher={toy / 'teacher'}",
-          f"--data.init_args.root={toy / 'data'}", "--data.init_args.batch_size=2", "--trainer.max_steps=1",
-          "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    heldout = str(ROOT / "experiments/toy/heldout.yaml")
+    main(["fit", "--config", recipe, "--config", heldout, f"--model.init_args.teacher={toy / 'teacher'}",
+          f"--data.init_args.root={toy / 'data'}", f"--data.init_args.val_root={toy / 'val'}",
+          "--data.init_args.batch_size=2", "--trainer.max_steps=1", "--trainer.logger=false",
+          "--trainer.enable_progress_bar=false"])
     export = tmp_path / "runs/toy/accvideo/m2_traj_adv/export"
     student = load_backbone(export)
     assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
