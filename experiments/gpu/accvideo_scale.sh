@@ -5,8 +5,8 @@
 # RUN` each; the 384 runs start while the 3,072 set is written), then accvideo_scale_bench.yaml.
 # b64: the 3,072- and 6,144-trajectory sets and the five batch-64 students, then accvideo_scale_b64_bench.yaml.
 # b12k: the 12,288-trajectory set and two batch-64 students, then accvideo_scale_12k_bench.yaml.
-# long: the 12,288 set (batch 256) and the 96-trajectory held-out set, two students with cosine decay (batch 64 and
-# 256), then accvideo_scale_long_bench.yaml. Not run yet.
+# long: the 12,288 set (written at batch 256) and the 96-trajectory held-out set, two students (6,000 steps at batch 64;
+# 3,000 at batch 256), then accvideo_scale_long_bench.yaml. Not run yet.
 # Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64, 5 min for b12k and long: the call's limit) and
 # still export.
 # OUT_DIR gets scale_PHASE.tgz (table, samples, event files, logs) and best_PHASE.tgz (the best 2-step student).
@@ -52,7 +52,7 @@ case $PHASE in
     bench=experiments/toy/accvideo_scale_long_bench.yaml
     synth 30 2 runs/toy/accvideo/synvid_m2_val 10000
     synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000 256
-    fit m2_traj_12k_b64_cosine m2_traj_12k_b256_cosine ;;
+    fit m2_traj_12k_b64_6k_steps m2_traj_12k_b256 ;;
   *) echo "unknown phase $PHASE: b16, b64, b12k or long" >&2; exit 2 ;;
 esac
 wait

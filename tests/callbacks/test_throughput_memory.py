@@ -20,7 +20,8 @@ def test_perf_curves(toy, tmp_path):
     L.seed_everything(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "define flops_per_batch" warning
-        warnings.filterwarnings("ignore", message=".*(eval mode|LeafSpec|logging interval|num_workers|GPU available)")
+        warnings.filterwarnings("ignore", message=".*(eval mode|LeafSpec|logging interval|num_workers|GPU available|"
+                                "`validation_step` but have no `val_dataloader`)")
         fit(distillation(toy), toy, tmp_path, [ThroughputMemory(window_size=2)], max_steps=4, logger=logger,
             log_every_n_steps=1)
     perf = [(step, {k: v for k, v in m.items() if k.startswith("perf/")}) for step, m in logger.history]

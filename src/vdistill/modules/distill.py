@@ -16,6 +16,7 @@ the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,8 @@ from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+# validation is optional here (a held-out set only when the data has one): no warning at every fit without it
+warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
 
 
 def shards_parameters(strategy: object) -> bool:
