@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -117,6 +118,9 @@ def test_held_out_trajectory_loss_is_logged(toy, tmp_path):
     for key in ("trajectory", "k0", "k1"):
         assert metrics[f"val/{key}"] == pytest.approx(want[key].item(), rel=1e-5)
     assert "val/trajectory" in trainer.callback_metrics  # also validated during fit (each epoch)
+    plain = pickle.loads(pickle.dumps(TrajectoryData(str(toy / "data"))))  # as DDP spawn sends it
+    trainer = fit(make(str(toy / "teacher"), "trajectory"), toy / "data", max_steps=1)
+    assert plain.val_dataloader is None and trainer.num_val_batches == []  # no held-out set: no validation loop
 
 
 def test_held_out_sets_must_match_and_should_not_share_seeds(toy, tmp_path):

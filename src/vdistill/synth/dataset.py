@@ -194,8 +194,8 @@ class TrajectoryData(L.LightningDataModule):
         self.save_hyperparameters()
         self.dataset: TrajectoryDataset | None = None
         self.val_dataset: TrajectoryDataset | None = None
-        if val_root is None:  # no validation loop at all (an empty loader makes Lightning warn at every fit)
-            self.val_dataloader = super().val_dataloader
+        if val_root is None:  # no validation loop (Lightning's is_overridden reads None as "not defined"; an empty
+            self.val_dataloader = None  # loader instead makes it warn at every fit)
 
     def build(self, teacher: Backbone | None = None) -> TrajectoryDataset:
         """Open the dataset and the held-out one (checked against ``teacher`` when given, and against each other);
