@@ -99,7 +99,7 @@ def main() -> None:
         accs = [head_accuracy(feats[tt][0][b], feats[tt][1][b], args.hidden, args.steps, args.lr) for tt in (0.0, t)]
         mark = " (default t = 0)" if b == nblocks // 2 else " (default t > 0)" if b == nblocks - 1 else ""
         print(f"| {b}{mark} | {f0.shape[2]} x {f0.shape[-2]}x{f0.shape[-1]} | {accs[0]:.3f} | {accs[1]:.3f} |")
-    # `feature_blocks: input`: the head reads the latents themselves (frames), no teacher forward
+    # no teacher at all: the same head on the latents themselves (frames; in the toy world, the pixels)
     frames = [[x.transpose(1, 2) for x in pair] for pair in ((real, fake), noisy)]
     accs = [head_accuracy(r, f, args.hidden, args.steps, args.lr) for r, f in frames]
     size = f"{real.shape[1]} x {real.shape[-2]}x{real.shape[-1]}"

@@ -60,6 +60,7 @@ def test_fit_toy(teachers, kind):
     assert not all(torch.equal(a, b) for a, b in zip(student_before, params(model.student.denoiser)))
     assert model.student.guidance_proj.weight.abs().sum() > 0  # zero-initialised, trained
     assert model.student.vdistill_sampler["kind"] == "consistency" and model.student.defaults.cfg == 1.0
+    assert trainer.num_sanity_val_batches == [] and trainer.num_val_batches == []  # no loop over ToyVideos' val set
 
 
 @pytest.mark.parametrize("family", ["modelscope", "wan"])

@@ -166,11 +166,13 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
                             f"{type(self.trainer.strategy).__name__} shards them: use ddp or deepspeed_zero2, or the "
                             "online target (target_ema_decay: null, T2V-Turbo's code)")
         dataset = getattr(dm, "dataset", None)
-        if isinstance(dataset, TrajectoryDataset):
-            for data in (dataset, getattr(dm, "val_dataset", None)):
-                if data is not None:
-                    check_teacher(data.manifest, self.teacher, data.root)
+        if isinstance(dataset, TrajectoryDataset):  # its held-out set was checked against it (check_held_out)
+            check_teacher(dataset.manifest, self.teacher, dataset.root)
             self.bind_key_timesteps(dataset.timesteps.tolist())
+        if self._trainer is not None and not isinstance(getattr(dm, "val_dataset", None), TrajectoryDataset):
+            # validation_step scores held-out trajectories only: no loop over other data's validation sets (e.g.
+            # ToyVideos' rendered clips for consistency distillation), which it would iterate for nothing
+            self.trainer.limit_val_batches = 0
 
     # -- training --------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distillation:
@@ -195,11 +197,9 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
         return total
 
-    def validation_step(self, batch: dict | tuple, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
         """The student's trajectory loss (Eq. 6) on held-out key points (``TrajectoryData(val_root=...)``):
         ``val/trajectory`` and ``val/k{i}`` per pair, whatever the objectives (no queue or state is touched)."""
-        if not isinstance(batch, dict) or "latents" not in batch:
-            return
         out = trajectory_errors(batch, self.models())
         self.log_dict({f"val/{k}": v.detach() for k, v in out.items()}, batch_size=batch["latents"].shape[0],
                       sync_dist=True)
