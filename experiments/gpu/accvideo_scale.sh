@@ -6,7 +6,9 @@
 # b64: the 3,072- and 6,144-trajectory sets and the five batch-64 students, then accvideo_scale_b64_bench.yaml.
 # b12k: the 12,288-trajectory set and two batch-64 students, then accvideo_scale_12k_bench.yaml.
 # long: the 12,288 set (written at batch 256) and the 96-trajectory held-out set, two students (6,000 steps at batch 64;
-# 3,000 at batch 256), then accvideo_scale_long_bench.yaml. Not run yet.
+# 3,000 at batch 256), then accvideo_scale_long_bench.yaml.
+# keys: the 6,144 set and its held-out set again with the key points 0, 15, 25, 35, 50; four students on subsets of them
+# (2 steps with the middle key point at index 15, 25 or 35; 3 steps on 0, 15, 35, 50), then accvideo_keys_bench.yaml.
 # Fits stop at trainer.max_time (4 min 40 s for b16, 6 min for b64, 5 min for b12k and long: the call's limit) and
 # still export.
 # OUT_DIR gets scale_PHASE.tgz (table, samples, event files, logs) and best_PHASE.tgz (the best 2-step student).
@@ -18,7 +20,7 @@ VD=(python3 -m vdistill.cli)
 SWEEP=experiments/toy/accvideo_scale.yaml
 t0=$SECONDS
 synth() {  # synth SECONDS REPEAT OUT [SEED [BATCH]]
-  timeout "$1" "${VD[@]}" synth --seed "${4:-0}" --model toy-flow --prompts toy --repeat "$2" --key-indices 0,25,50 --dtype float32 \
+  timeout "$1" "${VD[@]}" synth --seed "${4:-0}" --model toy-flow --prompts toy --repeat "$2" --key-indices "${KEYS:-0,25,50}" --dtype float32 \
     --batch-size "${5:-64}" --device cuda --out "$3" 2>&1 | tail -1 && echo "  at $((SECONDS - t0)) s"
 }
 fit() {
@@ -53,7 +55,19 @@ case $PHASE in
     synth 30 2 runs/toy/accvideo/synvid_m2_val 10000
     synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000 256
     fit m2_traj_12k_b64_6k_steps m2_traj_12k_b256 ;;
-  *) echo "unknown phase $PHASE: b16, b64, b12k or long" >&2; exit 2 ;;
+  keys)
+    printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
+    bench=experiments/toy/accvideo_keys_bench.yaml
+    export KEYS=0,15,25,35,50
+    synth 40 2 runs/toy/accvideo/synvid_keys_val 10000
+    synth 120 128 runs/toy/accvideo/synvid_keys_6k 0 256
+    fit m2_mid15_6k_b64 m2_mid25_6k_b64 m2_mid35_6k_b64 m3_keys_6k_b64 ;;
+  adv)
+    printf 'trainer:\n  max_time: "00:00:04:20"\n' >/tmp/cap.yaml
+    bench=experiments/toy/accvideo_adv_bench.yaml
+    synth 100 128 runs/toy/accvideo/synvid_m2_6k 0 256
+    fit m2_paired_6k_b64 m2_rollout_6k_b64 ;;
+  *) echo "unknown phase $PHASE: b16, b64, b12k, long, keys or adv" >&2; exit 2 ;;
 esac
 wait
 echo "fits done at $((SECONDS - t0)) s"
