@@ -19,6 +19,7 @@ from vdistill.modules.distill import Distillation
 from vdistill.modules.student import StudentConfig
 from vdistill.objectives import AdversarialAlignment, TrajectoryGuidance
 from vdistill.objectives.trajectory import trajectory_errors
+from vdistill.sampling.sampler import sample_latents
 from vdistill.synth import TrajectoryData, synthesize
 from vdistill.synth.dataset import TrajectoryDataset, collate
 
@@ -100,6 +101,27 @@ def test_one_step_student_from_a_key_subset(toy, tmp_path):
     save_backbone(model.student, tmp_path / "export")
     student = load_backbone(str(tmp_path / "export"))
     assert student.defaults.steps == 1 and student.key_timesteps == model.key_timesteps
+
+
+def test_three_step_student_on_uneven_key_points(toy, tmp_path):
+    """Key points 0, 1, 3, 4 of 4 (as 0, 15, 35, 50 of 50 in the README): three jumps, three heads, and an export that
+    samples in three steps exactly at those timesteps."""
+    teacher = load_backbone(str(toy / "teacher"))
+    synth(teacher, tmp_path / "m3", keys=(0, 1, 3, 4))
+    model = make(str(toy / "teacher"), "trajectory+adversarial")
+    trainer = fit(model, tmp_path / "m3", max_steps=2)
+    grid = tiny_toy().schedule.sampling_timesteps(4)
+    keys = tuple(grid[i].item() for i in (0, 1, 3, 4))
+    assert model.key_timesteps == keys and len(model.discriminator.heads) == 3
+    assert {"trajectory/k0", "trajectory/k1", "trajectory/k2"} <= set(trainer.callback_metrics)
+    save_backbone(model.student, tmp_path / "export")
+    student = load_backbone(str(tmp_path / "export"))
+    assert student.defaults.steps == 3 and student.key_timesteps == keys
+    seen: list[float] = []
+    student.register_forward_pre_hook(lambda _m, args: seen.append(args[1].flatten()[0].item()))
+    shape = TrajectoryDataset(tmp_path / "m3")[0]["latents"].shape[1:]
+    sample_latents(student, torch.randn(len(PROMPTS), *shape), student.encode_text(PROMPTS))
+    assert seen == pytest.approx(keys[:-1])
 
 
 def test_held_out_trajectory_loss_is_logged(toy, tmp_path):
