@@ -91,35 +91,30 @@ def test_fit_toy(toy, mix):
         assert model.discriminator is None and "loss/adv_g" not in logged
 
 
-def test_one_step_student_from_a_key_subset(toy, tmp_path):
-    """``key_indices: [0, 4]`` of a 0, 2, 4 set: a 1-step student with one head, whose export samples in one step."""
-    model = make(str(toy / "teacher"), "trajectory+adversarial")
-    trainer = fit(model, toy / "data", max_steps=2, key_indices=[0, 4])
-    grid = tiny_toy().schedule.sampling_timesteps(4)
-    assert model.key_timesteps == (grid[0].item(), grid[4].item()) and len(model.discriminator.heads) == 1
-    assert "trajectory/k0" in trainer.callback_metrics and "trajectory/k1" not in trainer.callback_metrics
-    save_backbone(model.student, tmp_path / "export")
-    student = load_backbone(str(tmp_path / "export"))
-    assert student.defaults.steps == 1 and student.key_timesteps == model.key_timesteps
-
-
-def test_three_step_student_on_uneven_key_points(toy, tmp_path):
-    """Key points 0, 1, 3, 4 of 4 (as 0, 15, 35, 50 of 50 in the README): three jumps, three heads, and an export that
-    samples in three steps exactly at those timesteps."""
+@pytest.mark.parametrize("indices, subset", [((0, 4), True), ((0, 1, 3, 4), False)], ids=["1-step", "3-step"])
+def test_student_steps_follow_the_key_points(toy, tmp_path, indices, subset):
+    """One jump, one head and one sampling step per pair of adjacent key points: ``key_indices: [0, 4]`` of the 0, 2, 4
+    set (a 1-step student), and a set synthesised with the uneven key points 0, 1, 3, 4 of 4 (as 0, 15, 35, 50 of 50 in
+    the README: a 3-step student); the export samples exactly at those timesteps."""
     teacher = load_backbone(str(toy / "teacher"))
-    synth(teacher, tmp_path / "m3", keys=(0, 1, 3, 4))
+    if subset:
+        root, data = toy / "data", {"key_indices": list(indices)}
+    else:
+        root, data = synth(teacher, tmp_path / "set", keys=indices), {}
+    m = len(indices) - 1
     model = make(str(toy / "teacher"), "trajectory+adversarial")
-    trainer = fit(model, tmp_path / "m3", max_steps=2)
-    grid = tiny_toy().schedule.sampling_timesteps(4)
-    keys = tuple(grid[i].item() for i in (0, 1, 3, 4))
-    assert model.key_timesteps == keys and len(model.discriminator.heads) == 3
-    assert {"trajectory/k0", "trajectory/k1", "trajectory/k2"} <= set(trainer.callback_metrics)
+    trainer = fit(model, root, max_steps=2, **data)
+    grid = teacher.schedule.sampling_timesteps(4)
+    keys = tuple(grid[i].item() for i in indices)
+    assert model.key_timesteps == keys and len(model.discriminator.heads) == m
+    assert {f"trajectory/k{i}" for i in range(m)} <= set(trainer.callback_metrics)
+    assert f"trajectory/k{m}" not in trainer.callback_metrics
     save_backbone(model.student, tmp_path / "export")
     student = load_backbone(str(tmp_path / "export"))
-    assert student.defaults.steps == 3 and student.key_timesteps == keys
+    assert student.defaults.steps == m and student.key_timesteps == keys
     seen: list[float] = []
     student.register_forward_pre_hook(lambda _m, args: seen.append(args[1].flatten()[0].item()))
-    shape = TrajectoryDataset(tmp_path / "m3")[0]["latents"].shape[1:]
+    shape = TrajectoryDataset(root)[0]["latents"].shape[1:]
     sample_latents(student, torch.randn(len(PROMPTS), *shape), student.encode_text(PROMPTS))
     assert seen == pytest.approx(keys[:-1])
 
