@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import save_file
 
 from vdistill.backbones.base import Backbone
-from vdistill.checkpoints import load_strict, read_state_dict
+from vdistill.checkpoints import load_checkpoint_file, load_strict, read_state_dict
 from vdistill.config import from_config, to_config
 from vdistill.errors import UserError
 
@@ -70,13 +70,39 @@ def backbone_record(model: Backbone) -> dict:
 ADDITIONS = ("guidance_embedding", "key_timesteps", "lora", "sampler")
 
 
-def build_from_config(cfg: dict) -> Backbone:
+BACKBONES = "backbones (teachers / students)"
+
+
+def build_from_config(cfg: dict, source: str = "model config") -> Backbone:
+    """The backbone of a :func:`backbone_record` read from ``source`` (a file: named in errors). Its classes are
+    checked against the registry before anything is imported or built (:func:`vdistill.config.resolve_class`)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: the model config is a {type(cfg).__name__}, not a mapping with class_path")
     cfg = dict(cfg)
-    additions = {k: cfg.pop(k, None) for k in ADDITIONS}
-    model = from_config(cfg)
-    if not isinstance(model, Backbone):
-        raise UserError(f"{cfg.get('class_path')!r} is not a Backbone")
+    additions = check_additions({k: cfg.pop(k, None) for k in ADDITIONS}, source)
+    if "class_path" not in cfg:
+        raise UserError(f"{source}: the model config has no class_path")
+    model = from_config(cfg, source=source, kind=BACKBONES)
     return apply_additions(model, **additions)
+
+
+def check_additions(additions: dict, source: str) -> dict:
+    """The recorded additions, each checked for its type (a wrong one is a one-line error naming ``source``)."""
+    g, keys, lora, sampler = (additions[k] for k in ADDITIONS)
+    problems = []
+    if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
+        problems.append(f"guidance_embedding {g!r} (expected a positive integer)")
+    if keys is not None and (not isinstance(keys, list) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) for t in keys)):
+        problems.append(f"key_timesteps {keys!r} (expected a list of numbers)")
+    if lora is not None and (not isinstance(lora, dict) or not isinstance(lora.get("rank"), int)
+                             or set(lora) - {"rank", "alpha", "target_modules"}):
+        problems.append(f"lora {lora!r} (expected {{rank: int, alpha, target_modules}})")
+    if sampler is not None and not isinstance(sampler, dict):
+        problems.append(f"sampler {sampler!r} (expected a mapping)")
+    if problems:
+        raise UserError(f"{source}: bad model config value: {'; '.join(problems)}")
+    return additions
 
 
 def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_timesteps: list | None = None,
@@ -99,28 +125,33 @@ def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_
     return model
 
 
-def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu") -> Backbone:
-    """A backbone from a shipped name (``toy-flow``, ``toy-ddpm``), an exported folder or a ``.ckpt`` file."""
+def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", adapter_only: bool = True) -> Backbone:
+    """A backbone from a shipped name (``toy-flow``, ``toy-ddpm``), an exported folder or a ``.ckpt`` file.
+
+    Files are untrusted: weights are read with safetensors or ``torch.load(weights_only=True)``, and the config
+    they carry builds registered classes only (:func:`build_from_config`). ``adapter_only``: accept an adapter-only
+    LoRA checkpoint (the teacher such a checkpoint names may not be one itself).
+    """
     spec = str(spec)
     path = SHIPPED.get(spec, Path(spec))
     if path.is_dir():
-        cfg_file = path / "backbone.yaml"
-        if not cfg_file.is_file():
-            raise UserError(f"model folder {spec!r} has no backbone.yaml (not a vdistill export)")
-        model = build_from_config(yaml.safe_load(cfg_file.read_text()))
-        load_strict(model, read_state_dict(path / "model.safetensors"), source=str(path / "model.safetensors"),
-                    expected=set(model.export_state_dict()))
+        model = _load_folder(path, spec)
     elif path.is_file() and path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint_file(path)
         if "vdistill_backbone" not in ckpt:
             raise UserError(f"checkpoint {spec!r} was not written by a vdistill module (no 'vdistill_backbone')")
         if ckpt.get("vdistill_teacher") is not None:  # adapter-only: the frozen weights are the teacher's
+            if not adapter_only:
+                raise UserError(f"checkpoint {spec!r} is adapter-only; the teacher of an adapter-only checkpoint "
+                                "must be a full model (an exported folder, a full checkpoint or a shipped name)")
             from vdistill.modules.student import student_from_adapter_checkpoint
 
             return student_from_adapter_checkpoint(ckpt, source=spec).to(map_location).eval()
-        model = build_from_config(dict(ckpt["vdistill_backbone"]))
-        state = ckpt["state_dict"]
-        prefix = next((p for p in CKPT_PREFIXES if any(k.startswith(p) for k in state)), None)
+        model = build_from_config(ckpt["vdistill_backbone"], source=f"checkpoint {spec!r}")
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise UserError(f"checkpoint {spec!r} has no state_dict mapping")
+        prefix = next((p for p in CKPT_PREFIXES if any(str(k).startswith(p) for k in state)), None)
         if prefix is None:
             raise UserError(f"checkpoint {spec!r} holds no weights under {list(CKPT_PREFIXES)}")
         load_strict(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=spec,
@@ -133,3 +164,17 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu") ->
 
         merge_lora(model)
     return model.to(map_location).eval()
+
+
+def _load_folder(path: Path, spec: str) -> Backbone:
+    cfg_file = path / "backbone.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"model folder {spec!r} has no backbone.yaml (not a vdistill export)")
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{str(cfg_file)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
+    model = build_from_config(cfg, source=str(cfg_file))
+    weights = path / "model.safetensors"
+    load_strict(model, read_state_dict(weights), source=str(weights), expected=set(model.export_state_dict()))
+    return model

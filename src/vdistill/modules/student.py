@@ -171,16 +171,25 @@ def student_from_adapter_checkpoint(ckpt: dict, source: str = "checkpoint") -> B
     config that reloads its weights from its own folder) gives the frozen weights; the student's record
     (``vdistill_backbone``) gives the adapters' settings, the guidance embedding and the sampling additions.
     """
-    from vdistill.backbones.io import apply_additions, build_from_config, load_backbone
+    from vdistill.backbones.io import ADDITIONS, apply_additions, build_from_config, check_additions, load_backbone
     from vdistill.checkpoints import load_strict
+    from vdistill.config import check_records
 
-    spec, record = ckpt["vdistill_teacher"], dict(ckpt["vdistill_backbone"])
-    lora = record.get("lora")
+    where = f"checkpoint {source!r}"
+    spec, record = ckpt["vdistill_teacher"], ckpt["vdistill_backbone"]
+    if not isinstance(record, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(f"{where}: vdistill_backbone and state_dict must be mappings")
+    check_records(record, where)  # the student's own class is not built, but a record naming others is refused
+    additions = check_additions({k: record.get(k) for k in ADDITIONS}, where)
+    lora = additions["lora"]
     if not lora:
         raise UserError(f"{source} is adapter-only but records no LoRA settings")
-    teacher = load_backbone(spec) if isinstance(spec, str) else build_from_config(spec)
+    if isinstance(spec, str):
+        teacher = load_backbone(spec, adapter_only=False)
+    else:
+        teacher = build_from_config(spec, source=f"{where} (vdistill_teacher)")
     student = make_student(teacher, "lora", lora["rank"], lora.get("alpha"), lora.get("target_modules"))
-    apply_additions(student, **{k: record.get(k) for k in ("guidance_embedding", "key_timesteps", "sampler")})
+    apply_additions(student, **{k: additions[k] for k in ("guidance_embedding", "key_timesteps", "sampler")})
     state = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
     load_strict(student, state, source=source,
                 expected={n for n, p in student.named_parameters() if p.requires_grad})
