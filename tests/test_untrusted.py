@@ -109,7 +109,7 @@ def distill_config(tmp_path: Path, **model) -> Path:
     cfg = {"trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False,
                        "default_root_dir": str(tmp_path / "run")},
            "model": {"class_path": "Distillation",
-                     "init_args": {"teacher": "toy-flow", "objectives": [{"class_path": "TrajectoryGuidance"}],
+                     "init_args": {"teacher": "toy-ddpm", "objectives": [{"class_path": "ConsistencyDistillation"}],
                                    **model}},
            "data": {"class_path": "ToyVideos", "init_args": {"batch_size": 2}}}
     path = tmp_path / "fit.yaml"
@@ -150,6 +150,27 @@ def test_ckpt_path_with_tampered_hyper_parameters_is_refused(case, evil, tmp_pat
     assert message in line and (ckpt.name in line or "EVIL.ckpt" in line), line
     assert not evil["marker"].exists()
     assert "this" not in sys.modules and "Beautiful is better" not in out
+
+
+def test_ckpt_path_holding_a_pickle_payload_is_refused(evil, tmp_path, capsys):
+    code, _, err = run_cli(["fit", "--config", str(distill_config(tmp_path)), "--ckpt_path", str(evil["pickle"])],
+                           capsys)
+    assert code == 2 and "holds objects other than tensors" in one_error_line(err)
+    assert not evil["marker"].exists()
+
+
+def test_the_trainer_loads_ckpt_path_weights_only(tmp_path, monkeypatch, capsys):
+    """Lightning's default for a remote (http) --ckpt_path is weights_only=False; ours is True everywhere."""
+    import lightning as L
+
+    seen = {}
+    monkeypatch.setattr(L.Trainer, "_fit_impl", lambda self, *args: seen.update(ckpt_path=args[-2],
+                                                                               weights_only=args[-1]))
+    ckpt = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    code, _, err = run_cli(["fit", "--config", str(distill_config(tmp_path)), "--ckpt_path", str(ckpt)], capsys)
+    assert code == 0, err
+    assert seen["ckpt_path"] == str(ckpt) and seen["weights_only"] is True
 
 
 def test_the_users_own_class_paths_are_trusted(tmp_path, monkeypatch, capsys):

@@ -53,6 +53,9 @@ class VDistillCLI(LightningCLI):
         # the classes the user names in their own config and command line may be named by their checkpoints too
         trust_class_paths(class_paths(config.as_dict()))
         check_trainer_counts(config.get("trainer"))
+        if "weights_only" in config and config["weights_only"] is None:
+            # Lightning's default unpickles a remote (http) --ckpt_path with weights_only=False: code from the network
+            config["weights_only"] = True
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and os.path.isfile(ckpt_path):
             check_checkpoint_hparams(ckpt_path, config.as_dict())
