@@ -116,6 +116,7 @@ def test_validate_and_test_subcommands(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export"))
     for sub in ("validate", "test"):
-        code, out, err = run_cli([sub, "--config", str(recipe), "--trainer.callbacks=[]"], capsys)
+        code, out, err = run_cli([sub, "--config", str(recipe), "--trainer.callbacks=[]",
+                                  f"--trainer.default_root_dir={tmp_path}"], capsys)
         assert code == 0, err
         assert f"{'val' if sub == 'validate' else 'test'}/loss" in out

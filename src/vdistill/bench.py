@@ -13,32 +13,61 @@ The YAML lists rows (``name``, ``model``, optional ``steps``, ``cfg``, ``guidanc
 
 Each row's samples go to ``OUT/samples/<name>/`` (``videos.npz`` in the ``vdistill sample`` format, mp4s,
 ``grid.gif``, ``toybench.json``); the table to ``OUT/toybench.md`` and ``OUT/toybench.json``.
+
+The file and every value in it are checked before any model is loaded (one line naming the file and the key).
+Each row is written into a temporary folder beside ``OUT/samples/<name>``; the folders are swapped in only once
+every row has been sampled and written, then the two tables are written atomically (temporary file + rename). A
+run that fails leaves the earlier samples and tables as they were (:mod:`vdistill.files`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 import yaml
 
 from vdistill.backbones.io import load_backbone
-from vdistill.data.prompts import load_prompts
+from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
-from vdistill.sampling.command import write_outputs
+from vdistill.files import atomic_folder, atomic_write_text, check_replaceable, read_text
+from vdistill.sampling.command import SAMPLE_FILES, check_int, check_seed, write_samples
 from vdistill.sampling.generate import generate
 from vdistill.world.toybench import format_table
 
 ROW_KEYS = {"name", "model", "steps", "cfg", "guidance"}
+SPEC_KEYS = {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size", "device", "mp4"}
 
 
-def check_rows(rows: list[dict], reference: str | None) -> None:
-    names = [r.get("name") for r in rows]
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_rows(rows: object, reference: str | None, source: str = "bench") -> None:
+    """Each row a mapping with a unique ``name`` (a folder name) and a ``model``, optional ``steps`` (>= 1),
+    ``cfg`` and ``guidance`` (numbers); ``reference`` one of the names. ``source``: the file, for the message."""
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{source}: 'rows' must be a non-empty list of rows {{name, model, ...}}, got {rows!r}")
     for r in rows:
+        if not isinstance(r, dict):
+            raise UserError(f"{source}: each bench row must be a mapping {{name, model, ...}}, got {r!r}")
         if not {"name", "model"} <= set(r) or set(r) - ROW_KEYS:
             raise UserError(f"bench row {r} needs 'name' and 'model' and may have {sorted(ROW_KEYS)}")
+        name = r["name"]
+        if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+            raise UserError(f"{source}: bench row name {name!r} must be a folder name (no '/', not starting with "
+                            "'.'): it names OUT/samples/<name>")
+        if not isinstance(r["model"], str) or not r["model"]:
+            raise UserError(f"{source}: 'model' of row {name!r} must be a shipped model name or a path, "
+                            f"got {r['model']!r}")
+        check_int(r.get("steps"), f"{source}: 'steps' of row {name!r}", 1, optional=True)
+        for key in ("cfg", "guidance"):
+            if r.get(key) is not None and not _number(r[key]):
+                raise UserError(f"{source}: {key!r} of row {name!r} must be a number, got {r[key]!r}")
+    names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise UserError(f"bench row names must be unique, got {names}")
     if reference is not None and reference not in names:
@@ -47,36 +76,70 @@ def check_rows(rows: list[dict], reference: str | None) -> None:
 
 def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: int = 1, seed: int = 0,
               reference: str | None = None, batch_size: int = 48, device: str = "cpu",
-              mp4: int = 8) -> dict[str, dict]:
+              mp4: int = 8, source: str = "bench") -> dict[str, dict]:
     """Sample every row on the same prompts and seeds; return ``{row name: ToyBench overall + timing}``.
 
-    ``device``: where every row samples (``cpu``, ``cuda``, ``cuda:1``); ``mp4``: mp4s written per row (0: none).
+    ``device``: where every row samples (``cpu``, ``cuda``, ``cuda:1``); ``mp4``: mp4s written per row (0: none,
+    -1: all); ``source``: the bench file, named in errors. Every argument is checked before a model is loaded.
     """
-    check_rows(rows, reference)
+    check_rows(rows, reference, source)
+    check_repeat(repeat, f"{source}: 'repeat'")
+    check_int(batch_size, f"{source}: 'batch_size'", 1)
+    check_int(mp4, f"{source}: 'mp4'", -1)
     out = Path(out)
     prompt_list = load_prompts(prompts, repeat=repeat)
-    results: dict[str, dict] = {}
+    check_seed(seed, len(prompt_list), f"{source}: 'seed'")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"bench output folder {str(out)!r} is a file, not a folder")
     for row in rows:
-        model = load_backbone(row["model"], map_location=device)
-        steps = row.get("steps") or model.defaults.steps
-        cfg = row.get("cfg", model.defaults.cfg)
-        print(f"[{row['name']}] {row['model']}: {len(prompt_list)} videos, {steps} steps, cfg {cfg}")
-        gen = generate(model, prompt_list, steps=steps, cfg=cfg, guidance=row.get("guidance"), seed=seed,
-                       batch_size=batch_size)
-        overall = write_outputs(gen, out / "samples" / row["name"], fps=model.defaults.fps, mp4=mp4,
-                                label=row["name"]) or {}
-        results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
-                                "model": str(row["model"])}
+        check_replaceable(out / "samples" / row["name"], SAMPLE_FILES, f"samples folder of row {row['name']!r}")
+    results: dict[str, dict] = {}
+    with ExitStack() as staged:  # every row's folder is swapped in when all rows are written
+        for row in rows:
+            model = load_backbone(row["model"], map_location=device)
+            steps = model.defaults.steps if row.get("steps") is None else row["steps"]
+            cfg = model.defaults.cfg if row.get("cfg") is None else row["cfg"]
+            print(f"[{row['name']}] {row['model']}: {len(prompt_list)} videos, {steps} steps, cfg {cfg}")
+            gen = generate(model, prompt_list, steps=steps, cfg=cfg, guidance=row.get("guidance"), seed=seed,
+                           batch_size=batch_size)
+            tmp = staged.enter_context(atomic_folder(out / "samples" / row["name"], SAMPLE_FILES))
+            overall = write_samples(gen, tmp, fps=model.defaults.fps, mp4=mp4, label=row["name"]) or {}
+            results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
+                                    "model": str(row["model"])}
     if reference is not None:
         base = results[reference]["time (s)"]
         for r in results.values():
             r["speed-up"] = base / r["time (s)"]
-    out.mkdir(parents=True, exist_ok=True)
     table = format_table({k: {c: v for c, v in r.items() if c != "model"} for k, r in results.items()})
-    (out / "toybench.md").write_text(table + "\n")
-    (out / "toybench.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "toybench.md", table + "\n")
+    atomic_write_text(out / "toybench.json", json.dumps(results, indent=2))
     print(table)
     return results
+
+
+def read_spec(path: Path) -> dict:
+    """The bench file as a mapping, or one line naming the file (and the line of a YAML syntax error)."""
+    text = read_text(path, "bench file")
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise UserError(f"bench file {str(path)!r} is not valid YAML{where}: {reason}") from None
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise UserError(f"bench file {str(path)!r} must be a mapping of keys ({', '.join(sorted(SPEC_KEYS))}), "
+                        f"got a {type(spec).__name__}")
+    if set(spec) - SPEC_KEYS:
+        unknown = sorted(map(str, set(spec) - SPEC_KEYS))
+        raise UserError(f"unknown keys {unknown} in {path}; valid: {', '.join(sorted(SPEC_KEYS))}")
+    for key in ("out", "prompts", "device"):
+        if key in spec and not isinstance(spec[key], str):
+            raise UserError(f"{path}: {key!r} must be a string, got {spec[key]!r}")
+    if spec.get("reference") is not None and not isinstance(spec["reference"], str):
+        raise UserError(f"{path}: 'reference' must be a row name, got {spec['reference']!r}")
+    return spec
 
 
 def run(argv: list[str]) -> dict[str, dict]:
@@ -90,22 +153,19 @@ def run(argv: list[str]) -> dict[str, dict]:
                    help="sample only these rows of the file (the reference row, if any, must be one of them)")
     args = p.parse_args(argv)
     path = Path(args.rows)
-    if not path.is_file():
-        raise UserError(f"bench file {args.rows!r} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    valid = {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size", "device", "mp4"}
-    if set(spec) - valid:
-        raise UserError(f"unknown keys {sorted(set(spec) - valid)} in {args.rows}; valid: {', '.join(sorted(valid))}")
+    spec = read_spec(path)
     device = args.device or spec.get("device", "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"bench device {device!r}: no CUDA GPU is visible here; use --device cpu")
     rows = spec.get("rows", [])
+    check_rows(rows, spec.get("reference"), str(path))
     if args.only_rows:
-        names = [r.get("name") for r in rows]
+        names = [r["name"] for r in rows]
         unknown_rows = [n for n in args.only_rows if n not in names]
         if unknown_rows:
             raise UserError(f"--rows {unknown_rows} are not rows of {path}; its rows: {names}")
-        rows = [r for r in rows if r.get("name") in args.only_rows]
+        rows = [r for r in rows if r["name"] in args.only_rows]
+    mp4 = spec.get("mp4", 8) if args.mp4 is None else check_int(args.mp4, "--mp4", -1)
     return run_bench(rows, args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
                      spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48),
-                     device, spec.get("mp4", 8) if args.mp4 is None else args.mp4)
+                     device, mp4, source=str(path))

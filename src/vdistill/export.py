@@ -12,6 +12,11 @@ weights, and ``DIR`` gets:
   the guidance projection has no slot in diffusers' ``UNet3DConditionModel`` (ours is added to the output of the
   time embedding, diffusers' ``time_cond_proj_dim`` to its input), so it stays in ``model.safetensors``
   (``guidance_proj.weight`` ``[D, 256]``). The VAE, text encoder and tokenizer are the teacher's folder's.
+
+``DIR`` is written as a temporary folder beside it and renamed into place when complete
+(:func:`vdistill.files.atomic_folder`): a failed export (a full disk, Ctrl-C) leaves no empty or half folder and
+an earlier ``DIR`` unchanged; errors are one line naming the file. ``DIR`` is replaced as a whole, so a folder
+holding anything but an export is refused before the checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -19,20 +24,43 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from vdistill.backbones.base import Backbone
 from vdistill.backbones.io import load_backbone, save_backbone
+from vdistill.errors import UserError
+from vdistill.files import atomic_folder, check_replaceable, naming
 
 #: the diffusers sub-folder of each family's denoiser
 DIFFUSERS_SUBFOLDER = {"ModelScopeBackbone": "unet", "WanBackbone": "transformer"}
+#: what an export folder holds (``*.tmp``: a temporary weights file an older vdistill may have left)
+EXPORT_FILES = ("backbone.yaml", "model.safetensors", "model.safetensors*.tmp", *DIFFUSERS_SUBFOLDER.values())
+
+
+def write_export(model: Backbone, out: str | Path, diffusers: bool = True) -> Path:
+    """Write ``model`` to the folder ``out`` atomically: ``backbone.yaml`` + ``model.safetensors`` and (``diffusers``,
+    diffusers families) the denoiser's diffusers folder."""
+    out = Path(out)
+    with atomic_folder(out, EXPORT_FILES) as tmp:
+        try:
+            with naming(tmp / "model.safetensors"):  # the weights are the only file written without a name
+                save_backbone(model, tmp)
+        except SafetensorError as err:  # safetensors reports a full disk as its own error, without the path
+            raise UserError(f"cannot write {str(out / 'model.safetensors')!r}: {err}") from err
+        sub = DIFFUSERS_SUBFOLDER.get(type(model).__name__)
+        if diffusers and sub is not None and hasattr(model.denoiser, "save_pretrained"):
+            try:
+                model.denoiser.save_pretrained(str(tmp / sub))
+            except SafetensorError as err:
+                raise UserError(f"cannot write {str(out / sub)!r}: {err}") from err
+    return out
 
 
 def export_student(ckpt: str | Path, out: str | Path, diffusers: bool = True) -> Backbone:
     """Load ``ckpt`` (adapters merged), write it to ``out`` (module docstring) and return the merged model."""
+    check_replaceable(out, EXPORT_FILES, "export folder")
     model = load_backbone(ckpt)
-    out = save_backbone(model, out)
-    sub = DIFFUSERS_SUBFOLDER.get(type(model).__name__)
-    if diffusers and sub is not None and hasattr(model.denoiser, "save_pretrained"):
-        model.denoiser.save_pretrained(str(out / sub))
+    write_export(model, out, diffusers=diffusers)
     return model
 
 

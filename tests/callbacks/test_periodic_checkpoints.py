@@ -46,3 +46,37 @@ def test_adapter_checkpoints_fragment_and_resume(toy, tmp_path, monkeypatch):
                                                         "step_000003.ckpt"]
     assert (folder / "step_000001.ckpt").stat().st_mtime_ns == first  # resumed at step 2, not restarted
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 3
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(toy, tmp_path, monkeypatch):
+    """A full disk (or a kill) in the middle of writing step 2's checkpoint: last.ckpt is still step 1's, whole."""
+    import errno
+
+    import lightning as L
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"seed_everything": 0,
+           "trainer": {"accelerator": "cpu", "default_root_dir": "run", "logger": False, "max_steps": 3,
+                       "enable_progress_bar": False, "enable_model_summary": False,
+                       "callbacks": [{"class_path": "PeriodicCheckpoints",
+                                      "init_args": {"every_n_train_steps": 1, "save_top_k": 0}}]},
+           "model": {"class_path": "Distillation", "init_args": {
+               "teacher": str(toy / "teacher"), "objectives": [{"class_path": "TrajectoryGuidance"}]}},
+           "data": {"class_path": "TrajectoryData", "init_args": {"root": str(toy / "data"), "batch_size": 2}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    save = L.Trainer.save_checkpoint
+
+    def half_then_full_disk(self, filepath, weights_only=False, storage_options=None):
+        if self.global_step < 2:
+            return save(self, filepath, weights_only, storage_options)
+        Path(filepath).write_bytes(b"PK\x03\x04 half a checkpoint")  # what an interrupted copy leaves
+        raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", half_then_full_disk)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", "run.yaml"])
+    assert exc.value.code == 2
+    folder = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]  # no partial file left behind either
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1

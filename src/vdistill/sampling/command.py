@@ -1,4 +1,11 @@
-"""``vdistill sample``: sample a model on a prompt list and write videos, a GIF grid and (toy world) ToyBench."""
+"""``vdistill sample``: sample a model on a prompt list and write videos, a GIF grid and (toy world) ToyBench.
+
+The arguments and the prompt file are checked before the model is loaded (one line, exit 2). Everything
+(``videos.npz``, ``mp4/``, ``grid.gif``, ``toybench.json``) is written into a temporary folder beside ``--out``
+and swapped in at the end (:func:`vdistill.files.atomic_folder`): a run that fails (a full disk, Ctrl-C, a writer's
+error) leaves an earlier ``--out`` complete and unchanged, and no half-written folder. As ``--out`` is replaced as
+a whole, a folder holding anything else is refused up front.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +15,44 @@ import re
 from pathlib import Path
 
 from vdistill.backbones.io import SHIPPED, load_backbone
-from vdistill.data.prompts import load_prompts
+from vdistill.data.prompts import check_repeat, load_prompts
+from vdistill.errors import UserError
+from vdistill.files import atomic_folder, check_replaceable
 from vdistill.sampling.generate import Generated, generate
 from vdistill.sampling.video_io import save_npz, write_gif_grid, write_mp4
 from vdistill.world.captions import parse_caption
 from vdistill.world.toybench import evaluate, format_table
+
+#: what an output folder of ``vdistill sample`` (and of each ``vdistill bench`` row) holds
+SAMPLE_FILES = ("videos.npz", "mp4", "grid.gif", "toybench.json")
+#: torch generators take 64-bit seeds; prompt i uses SEED + i
+SEED_END = 2**63
+
+
+def check_int(value: object, what: str, minimum: int, optional: bool = False) -> int | None:
+    """``value`` if it is an integer >= ``minimum`` (or ``None`` when ``optional``), else one line naming ``what``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{what} must be an integer >= {minimum}{' or unset' if optional else ''}, got {value!r}")
+    return value
+
+
+def check_seed(seed: object, count: int, what: str = "--seed") -> int:
+    """``seed`` if the ``count`` seeds ``seed, seed + 1, ...`` are valid generator seeds."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_END - count:
+        raise UserError(f"{what} must be an integer in [0, 2**63 - {count}] ({count} videos use seeds SEED to "
+                        f"SEED + {count - 1}), got {seed!r}")
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdistill sample", description=__doc__)
     p.add_argument("--model", required=True,
                    help=f"a shipped model ({', '.join(SHIPPED)}), an exported folder or a .ckpt checkpoint")
-    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's own)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps >= 1 (default: the model's own)")
     p.add_argument("--prompts", default="toy", help="'toy' (the 48 toy captions) or a text file, one prompt a line")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (replaced as a whole when the run succeeds)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: model's)")
     p.add_argument("--guidance", type=float, default=None, help="embedded guidance scale (students with the LCM "
                    "guidance embedding)")
@@ -33,33 +64,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
-    """Write ``videos.npz``, mp4s, ``grid.gif`` and, when every prompt is a toy caption, ``toybench.json``.
+def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
+    """Write ``videos.npz``, mp4s, ``grid.gif`` and, when every prompt is a toy caption, ``toybench.json`` into
+    ``folder`` (in place: callers pass the temporary folder of :func:`~vdistill.files.atomic_folder`).
     Returns the ToyBench overall row (or ``None``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_npz(out / "videos.npz", gen.videos, gen.prompts)
+    save_npz(folder / "videos.npz", gen.videos, gen.prompts)
     n_mp4 = len(gen.prompts) if mp4 < 0 else min(mp4, len(gen.prompts))
     for i in range(n_mp4):
         slug = re.sub(r"[^a-z0-9]+", "_", gen.prompts[i].lower()).strip("_")[:60] or "empty"
-        write_mp4(out / "mp4" / f"{i:04d}_{slug}.mp4", gen.videos[i], fps=fps)
-    write_gif_grid(out / "grid.gif", gen.videos[:48], ncols=12, fps=fps)
+        write_mp4(folder / "mp4" / f"{i:04d}_{slug}.mp4", gen.videos[i], fps=fps)
+    write_gif_grid(folder / "grid.gif", gen.videos[:48], ncols=12, fps=fps)
     if all(parse_caption(p) is not None for p in gen.prompts):
         res = evaluate(gen.videos, gen.prompts)
         payload = {"label": label, "seconds": gen.seconds, **res.to_json()}
-        (out / "toybench.json").write_text(json.dumps(payload, indent=2))
+        (folder / "toybench.json").write_text(json.dumps(payload, indent=2))
         return res.overall
     return None
 
 
+def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
+    """:func:`write_samples` into a temporary folder swapped in as ``out`` (module docstring)."""
+    with atomic_folder(out, SAMPLE_FILES) as tmp:
+        return write_samples(gen, tmp, fps, mp4=mp4, label=label)
+
+
 def run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    prompts = load_prompts(args.prompts, repeat=args.repeat)
+    check_int(args.steps, "--steps", 1, optional=True)
+    check_int(args.batch_size, "--batch-size", 1)
+    check_int(args.mp4, "--mp4", -1)
+    prompts = load_prompts(args.prompts, repeat=check_repeat(args.repeat, "--repeat"))
+    check_seed(args.seed, len(prompts))
+    out = Path(args.out)
+    check_replaceable(out, SAMPLE_FILES, "--out")
     model = load_backbone(args.model, map_location=args.device)
-    steps = args.steps or model.defaults.steps
+    steps = model.defaults.steps if args.steps is None else args.steps
     cfg = model.defaults.cfg if args.cfg is None else args.cfg
     gen = generate(model, prompts, steps=steps, cfg=cfg, guidance=args.guidance, seed=args.seed,
                    batch_size=args.batch_size)
-    out = Path(args.out)
     overall = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model)
     print(f"{len(prompts)} videos from {args.model} ({steps} steps, cfg {cfg}) in {gen.seconds:.2f} s "
           f"({gen.seconds / len(prompts) * 1000:.1f} ms per video) -> {out}")

@@ -2,11 +2,19 @@
 
 Videos in memory are ``[N, T, 3, H, W]`` float in [0, 1]; on disk (npz) and in image files they are uint8
 ``[N, T, H, W, 3]``. Toy videos are 16 x 16, so everything written for eyes is upscaled nearest-neighbour.
+
+Each writer writes the one file it is given; atomicity is the caller's (``vdistill sample`` writes into a temporary
+folder, :func:`vdistill.files.atomic_folder`). A writer that fails raises an ``OSError`` that names its file, also
+where the library gives none (numpy's zip writer and Pillow on a full disk) or raises nothing at all (ffmpeg, which
+only prints its error: its exit status is checked here).
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import subprocess
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +24,7 @@ import torch
 from torch import Tensor
 
 from vdistill.errors import UserError
+from vdistill.files import naming
 
 # libx264 with yuv420p wants even sizes and players prefer multiples of 16; padding (not resizing) keeps pixels square.
 _MP4_BLOCK = 16
@@ -53,7 +62,7 @@ def save_npz(path: str | Path, videos: Tensor | np.ndarray, prompts: Sequence[st
         raise UserError(f"got {len(frames)} videos but {len(prompts)} prompts; need one prompt per video")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:  # a file object: np.savez would append ".npz" to a path without it
+    with naming(path), path.open("wb") as f:  # a file object: np.savez would append ".npz" to a path without it
         np.savez_compressed(f, videos=frames, prompts=np.asarray(list(prompts), dtype=str))
     return path
 
@@ -90,19 +99,32 @@ def write_mp4(path: str | Path, video: Tensor | np.ndarray, fps: float = 8, upsc
     """Write one video (``[T, 3, H, W]`` float in [0, 1], or uint8 ``[T, H, W, 3]``) as H.264 ``.mp4``.
 
     Frames are upscaled nearest-neighbour by ``upscale``, then padded with black on the right and bottom to
-    multiples of 16 (16 x 16 at 8x gives 128 x 128, no padding).
+    multiples of 16 (16 x 16 at 8x gives 128 x 128, no padding). Encoded by imageio's ffmpeg binary with
+    imageio's defaults (libx264, yuv420p, crf 25), called here because imageio ignores ffmpeg's exit status: on a
+    full disk it would return a truncated file.
     """
-    import imageio.v2 as imageio  # deferred: only writers need imageio and its ffmpeg binary
+    from fractions import Fraction
+
+    import imageio_ffmpeg  # deferred: only writers need the ffmpeg binary
 
     frames = upscale_nearest(to_uint8(video), upscale)
     if frames.ndim != 4:
         raise UserError(f"expected one video [T, 3, H, W], got frames of shape {frames.shape}")
     T, H, W, _ = frames.shape
     pad_h, pad_w = -H % _MP4_BLOCK, -W % _MP4_BLOCK
-    frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    frames = np.ascontiguousarray(np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0))))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimwrite(path, list(frames), format="FFMPEG", fps=fps, macro_block_size=_MP4_BLOCK)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{W + pad_w}x{H + pad_h}", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+           "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "25", str(path)]
+    proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
+    if proc.returncode != 0:
+        log = proc.stderr.decode(errors="replace")
+        if "No space left on device" in log:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        last = log.strip().splitlines()[-1] if log.strip() else f"exit status {proc.returncode}"
+        raise OSError(errno.EIO, f"ffmpeg failed: {last}", str(path))
     return path
 
 
@@ -131,7 +153,11 @@ def write_gif_grid(
     for i in range(N):
         y, x = (i // cols) * (h + 1), (i % cols) * (w + 1)
         grid[:, y : y + h, x : x + w] = tiles[i]
+    # encoded in memory: Pillow writing to a full disk raises once, then again (a traceback) when imageio's
+    # plugin is garbage-collected
+    gif = imageio.imwrite("<bytes>", grid, extension=".gif", plugin="pillow", duration=1000 / fps, loop=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, grid, extension=".gif", plugin="pillow", duration=1000 / fps, loop=0)
+    with naming(path):
+        path.write_bytes(gif)
     return path
