@@ -35,3 +35,63 @@ def tiny_teacher(schedule=None, seed: int = 0) -> ToyBackbone:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
+
+
+def tensor_span(path, name: str) -> tuple[int, int]:
+    """Byte range ``[start, end)`` of tensor ``name`` in a safetensors file (8-byte header size, JSON header, data)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        begin, end = json.loads(f.read(size))[name]["data_offsets"]
+    return 8 + size + begin, 8 + size + end
+
+
+def rehash(root, index: int) -> None:
+    """Make every manifest of ``root`` list shard ``index`` with its current sha256 and size (as if the bytes on
+    disk were what the synthesis wrote), so that only a content check can catch a tampered shard."""
+    import json
+    from pathlib import Path
+
+    from vdistill.synth.shards import file_sha256, shard_name
+
+    root = Path(root)
+    shard = root / shard_name(index)
+    for manifest in [root / "manifest.json", *root.glob("manifest-r*.json")]:
+        if not manifest.is_file():
+            continue
+        data = json.loads(manifest.read_text())
+        for entry in data["shards"]:
+            if entry["index"] == index:
+                entry.update(sha256=file_sha256(shard), bytes=shard.stat().st_size)
+        manifest.write_text(json.dumps(data, indent=1))
+
+
+def write_nan(root, index: int, row: int, tensor: str = "latents") -> None:
+    """Overwrite the first value of row ``row`` of ``tensor`` in shard ``index`` with NaN (a float32 or bfloat16
+    shard; the file keeps its size and header) and fix up the manifests' sha256 and size."""
+    from pathlib import Path
+
+    from vdistill.synth.shards import read_shard, shard_name
+
+    path = Path(root) / shard_name(index)
+    start, end = tensor_span(path, tensor)
+    tensors, _ = read_shard(path)
+    item = tensors[tensor].element_size()
+    offset = start + row * (end - start) // tensors[tensor].shape[0]
+    nan = torch.tensor([float("nan")], dtype=tensors[tensor].dtype).view(torch.uint8).numpy().tobytes()
+    assert len(nan) == item
+    data = bytearray(path.read_bytes())
+    data[offset: offset + item] = nan
+    path.write_bytes(bytes(data))
+    rehash(root, index)
+
+
+def flip_bit(path, tensor: str = "latents") -> None:
+    """Flip one bit in the middle of ``tensor``'s bytes (same size, header intact; the manifest is left alone)."""
+    start, end = tensor_span(path, tensor)
+    data = bytearray(open(path, "rb").read())
+    data[(start + end) // 2] ^= 0x10
+    with open(path, "wb") as f:
+        f.write(bytes(data))

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vdistill.data.resumable import resumable_loader
+from vdistill.errors import UserError
 from vdistill.world.captions import all_captions, toy_prompts
 from vdistill.world.render import WorldConfig, render
 
@@ -48,6 +49,9 @@ class ToyVideos(L.LightningDataModule):
     def __init__(self, batch_size: int = 16, samples_per_epoch: int = 16_000, num_frames: int = 8, size: int = 16,
                  seed: int = 0, num_workers: int = 0, val_samples: int = 256) -> None:
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value < least:
+                raise UserError(f"data {name} is {value}; it must be at least {least}")
         self.save_hyperparameters()
         self.world = WorldConfig(num_frames=num_frames, size=size)
 

@@ -8,6 +8,13 @@ optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.obje
 fragments in ``experiments/strategies/`` say what each shards. The consistency EMA target needs whole parameters:
 it is refused under FSDP and ZeRO-3.
 
+A step whose total loss is not finite (NaN / Inf: corrupt data, a diverging run) stops the fit at once with a
+:class:`~vdistill.errors.UserError` naming the global step and the batch's shard files, raised in
+``training_step``, before the backward pass and the optimizer step: the weights in memory and the checkpoints
+already written stay good, and no export is written (``ExportBackbone`` exports at ``on_train_end``, which a
+failed fit never reaches). Under DDP / FSDP / DeepSpeed the ranks agree first (one all-reduce of a flag per step,
+``reduce_boolean_decision``), so all of them stop at the same step and none waits in a collective forever.
+
 Resuming (``--ckpt_path last``) repeats the interrupted run exactly: besides what Lightning restores, checkpoints
 keep every rank's RNG state and fake queues (:mod:`vdistill.modules.resume`), set back at ``on_train_start``, and
 the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
@@ -192,10 +199,29 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             for key, value in out.items():
                 logs[f"loss/{key}" if key in obj.loss_terms else f"{obj.name}/{key}"] = value.detach()
         logs["loss/total"] = total.detach()
+        self._stop_unless_finite(logs, batch)
         bs = len(batch["prompts"]) if "prompts" in batch else batch["latents"].shape[0]
         self.log_dict(logs, batch_size=bs)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
         return total
+
+    def _stop_unless_finite(self, logs: dict[str, Tensor], batch: dict) -> None:
+        """Raise a one-line UserError, on every rank at once, when this step's total loss is not finite on any rank
+        (called before backward: nothing of the step reaches the weights)."""
+        finite = bool(torch.isfinite(logs["loss/total"]).all())
+        attached = self._trainer is not None
+        if attached:  # a collective: every rank calls it every step, so no rank is left waiting
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        step = f"global step {self.trainer.global_step}" if attached else "this step"
+        bad = ", ".join(f"{k}={v.item():g}" for k, v in logs.items() if v.numel() == 1 and not v.isfinite())
+        files = list(dict.fromkeys(batch.get("shard", ())))  # TrajectoryData batches name their shards
+        where = f"the batch from {', '.join(map(repr, files))}" if files else "the batch"
+        what = f"the loss is not finite ({bad}) on {where}" if bad else "the loss of another rank is not finite"
+        raise UserError(f"{what} at {step}: training stopped before this step's update, so the weights and the last "
+                        "checkpoint are the last good ones and nothing is exported; check the data "
+                        "(vdistill.synth.verify) or lower the learning rate")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """The student's trajectory loss (Eq. 6) on held-out key points (``TrajectoryData(val_root=...)``):

@@ -12,26 +12,43 @@ from vdistill.synth.writer import synthesize
 
 
 def _indices(text: str) -> tuple[int, ...]:
+    """Comma-separated step indices: at least two, non-negative, strictly increasing (the upper bound, the
+    teacher's step count, is checked once the teacher is loaded, before anything is sampled)."""
     try:
-        return tuple(int(x) for x in text.split(","))
+        keys = tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"key indices must be comma-separated integers, got {text!r}") from None
+    if len(keys) < 2 or keys[0] < 0 or any(b <= a for a, b in zip(keys, keys[1:])):
+        raise argparse.ArgumentTypeError(f"give at least two non-negative, strictly increasing step indices "
+                                         f"(0 = the noise, STEPS = clean), e.g. 0,25,50; got {text!r}")
+    return keys
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__)
+    # exit_on_error=False: a bad value is an ArgumentError that the CLI prints as one line (exit status 2)
+    p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__, exit_on_error=False)
     p.add_argument("--model", required=True, help=f"the teacher: {', '.join(SHIPPED)}, an exported folder or .ckpt")
     p.add_argument("--prompts", default="toy", help="'toy' or a text file, one prompt a line")
-    p.add_argument("--repeat", type=int, default=1, help="trajectories per prompt (seeds differ)")
+    p.add_argument("--repeat", type=_positive, default=1, help="trajectories per prompt (seeds differ)")
     p.add_argument("--out", required=True, help="dataset folder (rerun the same command to resume)")
     p.add_argument("--key-indices", type=_indices, default=(0, 10, 20, 30, 40, 50),
                    help="step indices kept, 0 = noise, STEPS = clean (AccVideo: 0,10,20,30,40,50)")
-    p.add_argument("--steps", type=int, default=None, help="teacher steps (default: the teacher's own)")
+    p.add_argument("--steps", type=_positive, default=None, help="teacher steps (default: the teacher's own)")
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the teacher's own)")
     p.add_argument("--guidance", type=float, default=None, help="embedded guidance scale (teachers that have one)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=_positive, default=64)
+    p.add_argument("--batch-size", type=_positive, default=16)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process (env RANK)")
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
@@ -41,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> dict:
+    """Parse and check the arguments (before the teacher is loaded), load the teacher, synthesise."""
     args = build_parser().parse_args(argv)
     prompts = load_prompts(args.prompts, repeat=args.repeat)
     if not 0 <= args.rank < args.world_size:

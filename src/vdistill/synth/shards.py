@@ -16,23 +16,33 @@ A dataset folder holds
   ``manifest.json`` never hides a shard.
 
 Every file is written to ``<name>.<random>.tmp`` in the same folder, fsynced, then renamed over ``<name>``: a
-crash leaves the old file or the new one, never half of one.
+crash leaves the old file or the new one, never half of one; a write that fails (a full disk: ENOSPC) is a
+:class:`~vdistill.errors.UserError` naming the file, and the files written before it stay as they were.
+
+Manifests are untrusted input (a folder may come from elsewhere). Before anything is used, :func:`load_manifest`
+checks the type of every field a reader needs (``settings``: ``key_indices``, ``key_timesteps``, ``latent_shape``,
+``video_size``, ``dtype``, ``seed``, ``num_prompts``, ``shard_size``, ``schedule``; ``num_shards``; each shard
+entry's ``index``, ``start``, ``count``, ``bytes``, ``sha256``, ``file``) and that an entry's ``file`` is exactly
+``shard_name(index)``: no other path (``../x``, a sub-folder, an absolute path) is ever opened. A shard's bytes
+are checked by :func:`check_shard`: size, header, shapes, sample indices and seeds always, and with ``sha256=True``
+the hash of the whole file (readers do this once per shard and process, :mod:`vdistill.synth.dataset`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vdistill.errors import UserError
+from vdistill.files import atomic_write
 
 FORMAT = "vdistill-synvid/1"
 MANIFEST = "manifest.json"
@@ -45,31 +55,6 @@ def shard_name(index: int) -> str:
 
 def part_name(rank: int) -> str:
     return f"manifest-r{rank}.json"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on ``<path>.<random>.tmp`` in the same folder, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{TMP}")  # unique: ranks may merge at once
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when ``write`` or the rename failed (Ctrl-C included)
-    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: object) -> None:
@@ -92,13 +77,34 @@ def write_shard(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
     """
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def save(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (ENOSPC included) are not OSErrors and name no file
+            raise UserError(f"cannot write {str(path)!r}: {err}") from err
+
+    atomic_write(path, save)
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
-def corrupt(path: Path, why: str) -> UserError:
-    return UserError(f"shard {str(path)!r} is corrupt ({why}); delete it and rerun the same synthesis command to "
-                     "regenerate it")
+class ShardError(UserError):
+    """A missing or corrupt shard, in one line even when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as ``type(err)(text)`` where ``text`` is "Caught
+    ShardError in DataLoader worker ..." followed by the worker's traceback; this class keeps only the original
+    message (the traceback's last line), so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def corrupt(path: Path, why: str) -> ShardError:
+    return ShardError(f"shard {str(path)!r} is corrupt ({why}); delete it and rerun the same synthesis command to "
+                      "regenerate it")
 
 
 def read_shard(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -121,8 +127,8 @@ def check_shard(path: str | Path, entry: dict, settings: dict, sha256: bool = Fa
     dtype of ``latents``, the sample indices and seeds, and (``sha256=True``, reads the whole file) the hash."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"shard {str(path)!r} is listed in the manifest but missing; rerun the synthesis command "
-                        "to regenerate it")
+        raise ShardError(f"shard {str(path)!r} is listed in the manifest but missing; rerun the synthesis "
+                         "command to regenerate it")
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise corrupt(path, f"{size} bytes, the manifest says {entry['bytes']}")
@@ -173,7 +179,10 @@ def settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = json.dumps(value, default=str)
+    return _clip(json.dumps(value, default=str), limit)
+
+
+def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -188,14 +197,99 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise UserError(f"manifest {str(path)!r} is unreadable ({err}); delete it and rerun the synthesis "
                         "command (its shards are then regenerated)") from err
-    if data.get("format") != FORMAT:
-        raise UserError(f"{str(path)!r} is not a vdistill trajectory manifest (format {data.get('format')!r}, "
+    form = data.get("format") if isinstance(data, dict) else None
+    if form != FORMAT:
+        raise UserError(f"{str(path)!r} is not a vdistill trajectory manifest (format {_clip(repr(form))}, "
                         f"expected {FORMAT!r})")
+    check_manifest(path, data)
     return data
 
 
+# -- manifest schema: the type of every field a reader uses, checked before it is used ---------------------------
+_ABSENT = object()
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a count
+
+
+def _natural(v: object) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _positive(v: object) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _number(v: object) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _list_of(ok: Callable[[object], bool], length: int | None = None) -> Callable[[object], bool]:
+    """A non-empty list (of ``length`` items when given) whose items pass ``ok``."""
+    return lambda v: (isinstance(v, list) and len(v) > 0 and length in (None, len(v)) and all(ok(x) for x in v))
+
+
+NATURAL = (_natural, "a non-negative integer")
+SETTINGS_FIELDS = {
+    "key_indices": (_list_of(_natural), "a list of non-negative integers"),
+    "key_timesteps": (_list_of(_number), "a list of numbers"),
+    "latent_shape": (_list_of(_positive), "a list of positive integers"),
+    "video_size": (_list_of(_positive, 3), "3 positive integers [frames, height, width]"),
+    "dtype": (lambda v: v in ("bfloat16", "float16", "float32"), "one of 'bfloat16', 'float16', 'float32'"),
+    "seed": (_is_int, "an integer"),
+    "num_prompts": NATURAL,
+    "shard_size": (_positive, "a positive integer"),
+    "schedule": (lambda v: isinstance(v, dict), "an object"),
+}
+ENTRY_FIELDS = {
+    "index": NATURAL, "start": NATURAL, "count": NATURAL, "bytes": NATURAL,
+    "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+               "64 hexadecimal digits"),
+    "file": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_fields(path: Path, obj: object, fields: dict, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise _bad_field(path, where, obj, "an object")
+    for key, (ok, expected) in fields.items():
+        if not ok(obj.get(key)):
+            raise _bad_field(path, f"{where}.{key}", obj.get(key, _ABSENT), expected)
+
+
+def _bad_field(path: Path, where: str, value: object, expected: str) -> UserError:
+    shown = "absent" if value is _ABSENT else _clip(repr(value), 200)
+    return UserError(f"manifest {str(path)!r}: {where} is {shown}, expected {expected}; delete the manifest and "
+                     "rerun the synthesis command")
+
+
+def check_manifest(path: Path, data: dict) -> None:
+    """Refuse a manifest whose fields have the wrong type, or whose shard entries name another file than
+    ``shard_name(index)`` (so a manifest never makes a reader open a path outside its folder)."""
+    _check_fields(path, data.get("settings"), SETTINGS_FIELDS, "settings")
+    settings = data["settings"]
+    if len(settings["key_timesteps"]) != len(settings["key_indices"]):
+        raise _bad_field(path, "settings.key_timesteps", settings["key_timesteps"],
+                         f"{len(settings['key_indices'])} numbers (one per key index)")
+    num_shards = data.get("num_shards", _ABSENT)
+    if not _natural(num_shards):
+        raise _bad_field(path, "num_shards", num_shards, NATURAL[1])
+    if not isinstance(data.get("shards"), list):
+        raise _bad_field(path, "shards", data.get("shards", _ABSENT), "a list")
+    for i, entry in enumerate(data["shards"]):
+        _check_fields(path, entry, ENTRY_FIELDS, f"shards[{i}]")
+        if entry["index"] >= num_shards:
+            raise _bad_field(path, f"shards[{i}].index", entry["index"], f"below num_shards ({num_shards})")
+        if entry["file"] != shard_name(entry["index"]):
+            raise UserError(f"manifest {str(path)!r}: shards[{i}].file is {_clip(repr(entry['file']), 200)}, expected "
+                            f"{shard_name(entry['index'])!r}: a manifest may only name the shard files of its own "
+                            "folder; delete it and rerun the synthesis command")
+
+
 def read_manifests(root: str | Path) -> list[tuple[Path, dict]]:
-    """``manifest.json`` and every ``manifest-r*.json`` of ``root`` (temp files ignored), parsed."""
+    """``manifest.json`` and every ``manifest-r*.json`` of ``root`` (temp files ignored), parsed and checked
+    (:func:`check_manifest`)."""
     root = Path(root)
     paths = sorted(root.glob("manifest-r*.json"))
     if (root / MANIFEST).is_file():
@@ -243,7 +337,8 @@ def build_manifest(settings: dict, entries: dict[int, dict], num_shards: int) ->
 
 
 def load_manifest(root: str | Path) -> dict:
-    """The union of all manifests of ``root`` (:func:`build_manifest` form), checked for consistent settings."""
+    """The union of all manifests of ``root`` (:func:`build_manifest` form): each one's fields checked
+    (:func:`check_manifest`), their settings checked to agree."""
     root = Path(root)
     found = read_manifests(root)
     if not found:

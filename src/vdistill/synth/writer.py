@@ -13,6 +13,10 @@ writing a shard and listing it), and discards stray temp files. Rank ``r`` of ``
 ``s`` with ``s % world_size == r``; file names use the global shard index, so 1 or N processes write the same
 set of files and the same ``manifest.json``: bit-identical for the same ``batch_size`` (batches never cross
 shards) on deterministic kernels (same device kind; on CPU the same thread count).
+
+Checks: the arguments (steps, key indices on the step grid, sizes) before the folder is touched or anything is
+sampled; a shard whose teacher outputs are not finite (NaN, or Inf from a float16 overflow) is refused, not stored;
+a failed write (a full disk) names the file and leaves the shards and manifests written before it usable.
 """
 
 from __future__ import annotations
@@ -69,11 +73,11 @@ def run_settings(model: Backbone, prompts: Sequence[str], key_indices: Sequence[
     """Everything that determines the dataset's content, as stored in (and compared against) its manifests."""
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not supported; choose one of {list(DTYPES)}")
-    keys = [int(i) for i in key_indices]
-    if not keys or any(b <= a for a, b in zip(keys, keys[1:])):
-        raise UserError(f"key_indices must be strictly increasing step indices, got {list(key_indices)}")
     d = model.defaults
-    steps = int(steps or d.steps)
+    steps = int(d.steps if steps is None else steps)
+    if steps < 1:
+        raise UserError(f"steps is {steps}; the teacher needs at least 1 sampling step")
+    keys = check_key_indices(key_indices, steps)
     video = [num_frames or d.num_frames, height or d.height, width or d.width]
     key_t = timesteps_at(model.schedule.sampling_timesteps(steps), keys)
     teacher = to_config(model)
@@ -95,6 +99,31 @@ def run_settings(model: Backbone, prompts: Sequence[str], key_indices: Sequence[
         "num_prompts": len(prompts),
         "prompts_sha256": hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest(),
     })
+
+
+def check_key_indices(key_indices: Sequence[int], steps: int) -> list[int]:
+    """``key_indices`` as ints: at least two, strictly increasing, on the ``steps``-step grid (0 = the noise,
+    ``steps`` = clean), else a :class:`UserError` (before anything is sampled)."""
+    keys = [int(i) for i in key_indices]
+    if len(keys) < 2:
+        raise UserError(f"key_indices {keys}: give at least two step indices (a trajectory's start and end, e.g. "
+                        f"0,{steps}); distillation learns the jumps between them")
+    if any(b <= a for a, b in zip(keys, keys[1:])):
+        raise UserError(f"key_indices must be strictly increasing step indices, got {keys}")
+    bad = [i for i in keys if not 0 <= i <= steps]
+    if bad:
+        raise UserError(f"key_indices {bad} are outside the {steps}-step grid (valid 0..{steps}: 0 = the noise, "
+                        f"{steps} = clean)")
+    return keys
+
+
+def check_finite(tensors: dict[str, Tensor], lo: int, hi: int, dtype: str) -> None:
+    """Refuse to store a shard whose teacher outputs (latents, text conditioning) hold NaN or Inf."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"the teacher's {', '.join(bad)} for prompts {lo}..{hi - 1} are not finite (NaN or Inf in "
+                        f"{dtype}): not stored. Rerun with --dtype float32 (float16 overflows past 65504) or use "
+                        "another teacher")
 
 
 def _discard_temps(out: Path, mine: set[int], rank: int) -> None:
@@ -168,6 +197,10 @@ def synthesize(
 
     Returns:
         The merged manifest of the folder (all ranks' completed shards so far; ``complete`` once all are done).
+
+    Raises:
+        UserError: bad arguments (before anything is sampled), a folder made with other settings, a corrupt
+            shard, teacher outputs that are not finite (the shards before them are kept), a failed write.
     """
     if not prompts:
         raise UserError("no prompts to synthesize")
@@ -175,6 +208,7 @@ def synthesize(
         raise UserError(f"rank {rank} is not in [0, world_size={world_size})")
     if shard_size < 1 or batch_size < 1:
         raise UserError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
+    # run_settings checks steps and key_indices: all of this before the folder is touched or anything sampled
     settings = run_settings(model, prompts, key_indices, steps, cfg, guidance, seed, shard_size, dtype,
                             num_frames, height, width)
     out = Path(out)
@@ -215,6 +249,7 @@ def synthesize(
                 lo, hi = s * shard_size, min((s + 1) * shard_size, len(prompts))
                 tensors = _make_shard(model, prompts, lo, hi, settings, batch_size, uncond,
                                       lambda n: bar.advance(task, n))
+                check_finite(tensors, lo, hi, settings["dtype"])
                 info = write_shard(out / shard_name(s), tensors, {"prompts": json.dumps(list(prompts[lo:hi]))})
                 own[s] = {"index": s, "file": shard_name(s), "start": lo, "count": hi - lo, **info}
                 write_part()
