@@ -64,6 +64,7 @@ TINY_RECIPE = """
 seed_everything: 0
 trainer:
   accelerator: cpu
+  default_root_dir: {root}
   max_steps: 3
   logger: false
   enable_checkpointing: false
@@ -93,7 +94,7 @@ data:
 @pytest.mark.slow
 def test_fit_export_sample(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export"))
+    recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export", root=tmp_path / "run"))
     code, _, err = run_cli(["fit", "--config", str(recipe)], capsys)
     assert code == 0, err
     assert (tmp_path / "export" / "backbone.yaml").is_file()
@@ -114,9 +115,8 @@ def test_fit_export_sample(tmp_path, capsys):
 @pytest.mark.slow
 def test_validate_and_test_subcommands(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export"))
+    recipe.write_text(TINY_RECIPE.format(export=tmp_path / "export", root=tmp_path / "run"))
     for sub in ("validate", "test"):
-        code, out, err = run_cli([sub, "--config", str(recipe), "--trainer.callbacks=[]",
-                                  f"--trainer.default_root_dir={tmp_path}"], capsys)
+        code, out, err = run_cli([sub, "--config", str(recipe), "--trainer.callbacks=[]"], capsys)
         assert code == 0, err
         assert f"{'val' if sub == 'validate' else 'test'}/loss" in out

@@ -113,3 +113,37 @@ def wan_dir(tmp_path_factory) -> Path:
     })
     _write_json(root / "model_index.json", {"_class_name": "WanPipeline"})
     return root
+
+
+def _save_pipeline(pipeline_class: type, parts: Path, root: Path, classes: dict[str, type]) -> Path:
+    """Load each part of ``parts`` with its class in ``classes`` into ``pipeline_class`` and write it with the
+    pipeline's own ``save_pretrained`` (``model_index.json`` naming every component's library and class, as a hub
+    snapshot has it); the scheduler comes from the parts' ``scheduler_config.json``."""
+    from vdistill.backbones.diffusers_io import read_scheduler_config
+
+    components = {name: cls.from_pretrained(parts / name) for name, cls in classes.items() if name != "scheduler"}
+    components["scheduler"] = classes["scheduler"].from_config(read_scheduler_config(parts))
+    pipeline_class(**components).save_pretrained(str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def wan_pipeline_dir(wan_dir, tmp_path_factory) -> Path:
+    """The tiny Wan2.1 written by ``WanPipeline.save_pretrained`` (its scheduler: the released UniPC config)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    return _save_pipeline(WanPipeline, wan_dir, tmp_path_factory.mktemp("wan_pipeline"), {
+        "transformer": WanTransformer3DModel, "vae": AutoencoderKLWan, "text_encoder": UMT5EncoderModel,
+        "tokenizer": AutoTokenizer, "scheduler": UniPCMultistepScheduler})
+
+
+@pytest.fixture(scope="session")
+def modelscope_pipeline_dir(modelscope_dir, tmp_path_factory) -> Path:
+    """The tiny ModelScope T2V written by ``TextToVideoSDPipeline.save_pretrained`` (DDIM, as released)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    return _save_pipeline(TextToVideoSDPipeline, modelscope_dir, tmp_path_factory.mktemp("modelscope_pipeline"), {
+        "unet": UNet3DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+        "tokenizer": AutoTokenizer, "scheduler": DDIMScheduler})

@@ -206,7 +206,23 @@ def test_non_finite_rows_are_refused(data, tensor, what):
     with pytest.raises(UserError, match=rf"^shard '{data / 'shard-00001.safetensors'}' is corrupt \(non-finite "
                                         rf"{what} in sample 3\); delete it and rerun"):
         ds[3]
-    verify(data)  # the files match their manifest: only the content check catches it
+    with pytest.raises(UserError, match=rf"non-finite {tensor} in samples \[3\]"):  # the hash matches: the content
+        verify(data)                                                                   # check catches it
+
+
+def test_synth_verify_checks_a_whole_set_in_one_command(data, capsys):
+    code, out, err = run_cli(["synth", "--verify", "--out", str(data)], capsys)
+    assert code == 0, err
+    assert f"{data}: 3 shards, 5 samples" in out and "complete" in out
+    write_nan(data, 2, 0)
+    code, _, err = run_cli(["synth", "--verify", "--out", str(data)], capsys)
+    assert one_line_error(code, err).endswith("(non-finite latents in samples [4]); delete it and rerun the same "
+                                              "synthesis command to regenerate it")
+    flip_bit(data / "shard-00000.safetensors")
+    code, _, err = run_cli(["synth", "--verify", "--out", str(data)], capsys)
+    assert "shard-00000.safetensors' is corrupt (sha256 differs" in one_line_error(code, err)
+    code, _, err = run_cli(["synth", "--out", str(data)], capsys)
+    assert one_line_error(code, err).endswith("needs --model (the teacher), or --verify to check the set in --out")
 
 
 @pytest.fixture(scope="module")
@@ -383,3 +399,18 @@ def test_a_real_full_disk(teacher_dir, tmp_path, capsys):
         _only_shard_0_is_there(out)
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+def test_a_manifest_naming_a_function_never_runs_it(data, teacher, tmp_path):
+    """The teacher record a manifest keeps is compared, never built: a payload there runs nothing."""
+    marker = tmp_path / "PWNED"
+    payload = {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
+    for name in ["manifest.json", *(p.name for p in data.glob("manifest-r*.json"))]:
+        path = data / name
+        manifest = json.loads(path.read_text())
+        manifest["settings"]["teacher"] = payload
+        path.write_text(json.dumps(manifest))
+    assert len(TrajectoryDataset(data)) == 5
+    with pytest.raises(UserError, match=r"made by another teacher or with other settings .*teacher"):
+        synthesize(teacher, PROMPTS, data, **RUN)
+    assert not marker.exists()

@@ -1,13 +1,20 @@
-"""``vdistill synth``: write the synthetic trajectory dataset of a teacher (resumable, split by rank)."""
+"""``vdistill synth``: write the synthetic trajectory dataset of a teacher (resumable, split by rank).
+
+``vdistill synth --verify --out DIR`` checks a finished or downloaded set instead: every shard's size, header,
+sha256 against its manifest and that its tensors are finite (one read of the whole set). After that, trusted
+storage can skip the per-shard check of the training run (``TrajectoryData(verify=false)``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from vdistill.backbones.io import SHIPPED, load_backbone
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
+from vdistill.synth.shards import load_manifest, verify
 from vdistill.synth.writer import synthesize
 
 
@@ -37,7 +44,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a bad value is an ArgumentError that the CLI prints as one line (exit status 2)
     p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__, exit_on_error=False)
-    p.add_argument("--model", required=True, help=f"the teacher: {', '.join(SHIPPED)}, an exported folder or .ckpt")
+    p.add_argument("--model", help=f"the teacher: {', '.join(SHIPPED)}, an exported folder or .ckpt (required "
+                   "unless --verify)")
     p.add_argument("--prompts", default="toy", help="'toy' or a text file, one prompt a line")
     p.add_argument("--repeat", type=_positive, default=1, help="trajectories per prompt (seeds differ)")
     p.add_argument("--out", required=True, help="dataset folder (rerun the same command to resume)")
@@ -54,12 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                    help="processes splitting the prompts (env WORLD_SIZE)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--verify", action="store_true", help="check the set in --out (hashes, finite values) instead "
+                   "of synthesising")
     return p
 
 
 def run(argv: list[str]) -> dict:
     """Parse and check the arguments (before the teacher is loaded), load the teacher, synthesise."""
     args = build_parser().parse_args(argv)
+    if args.verify:
+        return verify_set(args.out)
+    if args.model is None:
+        raise UserError("vdistill synth needs --model (the teacher), or --verify to check the set in --out")
     prompts = load_prompts(args.prompts, repeat=args.repeat)
     if not 0 <= args.rank < args.world_size:
         raise UserError(f"rank {args.rank} is outside world size {args.world_size}")
@@ -67,3 +81,20 @@ def run(argv: list[str]) -> dict:
     return synthesize(model, prompts, args.out, key_indices=args.key_indices, steps=args.steps, cfg=args.cfg,
                       guidance=args.guidance, seed=args.seed, shard_size=args.shard_size,
                       batch_size=args.batch_size, dtype=args.dtype, rank=args.rank, world_size=args.world_size)
+
+
+def verify_set(root: str) -> dict:
+    """``vdistill synth --verify``: check every shard of ``root`` (progress bar), print a one-line summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    start = time.perf_counter()
+    total = load_manifest(root)["num_samples"]
+    with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("verifying", total=total)
+        manifest = verify(root, progress=lambda n: bar.advance(task, n))
+    size = sum(e["bytes"] for e in manifest["shards"])
+    state = "complete" if manifest["complete"] else f"UNFINISHED ({len(manifest['shards'])} of " \
+        f"{manifest['num_shards']} shards)"
+    print(f"{root}: {len(manifest['shards'])} shards, {manifest['num_samples']} samples, {size / 1e9:.3f} GB "
+          f"verified in {time.perf_counter() - start:.1f} s (sha256 and finite values); {state}")
+    return manifest

@@ -220,8 +220,9 @@ class TrajectoryData(L.LightningDataModule):
         verify: compare each shard's sha256 with its manifest the first time the shard is opened in the training
             process (once per shard per process, shared by its DataLoader workers; each DDP rank hashes the shards
             it reads). Costs one extra read and hash of each shard in the first epoch: about 0.7 s per GB on a core
-            hashing 1.5 GB/s (a 302 MB toy set: 0.41 s an epoch instead of 0.22 s, from the page cache). Off skips
-            only the hash: the size, header and finiteness checks stay.
+            hashing 1.5 GB/s (``experiments/toy/verify_cost.py``: a 302 MB toy set 0.44 s an epoch instead of
+            0.27 s, from the page cache). Off skips only the hash: the size, header and finiteness checks stay;
+            ``vdistill synth --verify`` checks a whole set once.
 
     Training batches are teacher key points: what trajectory guidance and adversarial alignment need
     (``provides``).

@@ -356,9 +356,20 @@ def merge(root: str | Path) -> dict:
     return manifest
 
 
-def verify(root: str | Path) -> dict:
-    """Check every listed shard, hashes included (reads the whole dataset); returns the manifest."""
+def verify(root: str | Path, progress: Callable[[int], None] | None = None) -> dict:
+    """Check every listed shard, hashes included, and that every float tensor is finite (reads the whole dataset
+    twice, the second time from the page cache); returns the manifest. ``progress(n)``: called after each shard
+    with its sample count."""
     manifest = load_manifest(root)
     for e in manifest["shards"]:
-        check_shard(Path(root) / e["file"], e, manifest["settings"], sha256=True)
+        path = Path(root) / e["file"]
+        check_shard(path, e, manifest["settings"], sha256=True)
+        f = open_shard(path)
+        for key in f.keys():
+            x = f.get_tensor(key)
+            if x.is_floating_point() and not torch.isfinite(x).all():
+                rows = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
+                raise corrupt(path, f"non-finite {key} in samples {[e['start'] + r for r in rows[:5]]}")
+        if progress is not None:
+            progress(e["count"])
     return manifest
