@@ -122,7 +122,7 @@ def from_config(cfg: Any, source: str = "config", kind: str | None = None) -> An
     """Rebuild what :func:`to_config` wrote; ``source`` names the file it came from in errors.
 
     Every ``class_path`` is checked by :func:`resolve_class` (the outermost against ``kind``, e.g.
-    ``"backbones (teachers / students)"``) before anything is built, so a record from a file builds registered or
+    ``"backbones"``) before anything is built, so a record from a file builds registered or
     user-named classes only.
     """
     check_records(cfg, source, kind)

@@ -108,7 +108,7 @@ def run(argv: list[str]) -> dict[str, dict]:
         if (export / "model.safetensors").is_file():
             print(f"reusing the finished training in {out / 'train'} (--fresh to train again)")
         else:
-            from vdistill.cli import VDistillCLI
+            from vdistill.lightning_cli import VDistillCLI
 
             last = out / "train" / "checkpoints" / "last.ckpt"
             fit = train_args(out, args.max_steps, fragments)

@@ -1,4 +1,5 @@
-"""Every vdistill component by its short class name, kind and module: a table that needs no imports.
+"""Every vdistill component by its short class name, kind and module, and every critic by name: tables that need no
+imports (``vdistill --help`` stays fast; a module is imported when its component is used).
 
 The table is what a config record read from a file (a checkpoint, an exported ``backbone.yaml``) may name: see
 :func:`vdistill.config.resolve_class`, which looks a ``class_path`` up here before anything is imported.
@@ -12,27 +13,29 @@ from __future__ import annotations
 import importlib
 import inspect
 
-#: kind -> (module, class) of the base every component of that kind derives from, in ``vdistill list`` order
-KINDS: dict[str, tuple[str, str]] = {
-    "backbones (teachers / students)": ("vdistill.backbones.base", "Backbone"),
-    "schedules": ("vdistill.diffusion.schedules", "NoiseSchedule"),
-    "modules (training recipes)": ("lightning", "LightningModule"),
-    "objectives": ("vdistill.objectives.base", "Objective"),
-    "discriminators": ("vdistill.modules.discriminator", "Discriminator"),
-    "datamodules": ("lightning", "LightningDataModule"),
-    "callbacks": ("lightning", "Callback"),
+from vdistill.errors import UserError
+
+#: kind -> (title in ``vdistill list``, module and class of the base every component of that kind derives from)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "backbones": ("backbones (teachers / students)", "vdistill.backbones.base", "Backbone"),
+    "schedules": ("noise schedules", "vdistill.diffusion.schedules", "NoiseSchedule"),
+    "modules": ("modules (training recipes)", "lightning", "LightningModule"),
+    "objectives": ("objectives", "vdistill.objectives.base", "Objective"),
+    "discriminators": ("discriminators", "vdistill.modules.discriminator", "Discriminator"),
+    "datamodules": ("datamodules", "lightning", "LightningDataModule"),
+    "callbacks": ("callbacks", "lightning", "Callback"),
 }
 
 #: short class name -> (kind, module defining it)
 COMPONENTS: dict[str, tuple[str, str]] = {
-    "ToyBackbone": ("backbones (teachers / students)", "vdistill.backbones.toy"),
-    "ModelScopeBackbone": ("backbones (teachers / students)", "vdistill.backbones.modelscope"),
-    "WanBackbone": ("backbones (teachers / students)", "vdistill.backbones.wan"),
+    "ToyBackbone": ("backbones", "vdistill.backbones.toy"),
+    "ModelScopeBackbone": ("backbones", "vdistill.backbones.modelscope"),
+    "WanBackbone": ("backbones", "vdistill.backbones.wan"),
     "DDPMSchedule": ("schedules", "vdistill.diffusion.schedules"),
     "FlowSchedule": ("schedules", "vdistill.diffusion.schedules"),
-    "CriticTraining": ("modules (training recipes)", "vdistill.modules.critic_training"),
-    "Distillation": ("modules (training recipes)", "vdistill.modules.distill"),
-    "TeacherTraining": ("modules (training recipes)", "vdistill.modules.teacher"),
+    "CriticTraining": ("modules", "vdistill.modules.critic_training"),
+    "Distillation": ("modules", "vdistill.modules.distill"),
+    "TeacherTraining": ("modules", "vdistill.modules.teacher"),
     "AdversarialAlignment": ("objectives", "vdistill.objectives.adversarial"),
     "ConsistencyDistillation": ("objectives", "vdistill.objectives.consistency"),
     "RewardFeedback": ("objectives", "vdistill.objectives.reward"),
@@ -46,6 +49,17 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "PeriodicEvaluation": ("callbacks", "vdistill.callbacks.evaluation"),
     "ThroughputMemory": ("callbacks", "vdistill.callbacks.throughput"),
     "VideoSamples": ("callbacks", "vdistill.callbacks.video_samples"),
+}
+
+#: reward critics by the name ``load_critic`` and the configs use -> (module registering it, one-line summary)
+CRITICS: dict[str, tuple[str, str]] = {
+    "hpsv2": ("vdistill.critics.hpsv2", "image: HPSv2.1 (open_clip ViT-H-14), HPS_v2.1_compressed.pt"),
+    "pickscore": ("vdistill.critics.pickscore", "image: PickScore v1 (CLIP ViT-H-14), PickScore_v1/ folder"),
+    "viclip": ("vdistill.critics.viclip", "video: ViCLIP-L/14, ViClip-InternVid-10M-FLT.pth"),
+    "internvideo2": ("vdistill.critics.internvideo2", "video: InternVideo2 stage 2 (1B), "
+                     "InternVideo2-stage2_1b-224p-f4.pt"),
+    "toy-image": ("vdistill.critics.toy", "image: the shipped toy-world image critic"),
+    "toy-video": ("vdistill.critics.toy", "video: the shipped toy-world video critic"),
 }
 
 
@@ -62,7 +76,7 @@ def dotted(name: str) -> str:
 
 
 def base_class(kind: str) -> type:
-    module, name = KINDS[kind]
+    _, module, name = KINDS[kind]
     return getattr(importlib.import_module(module), name)
 
 
@@ -77,10 +91,22 @@ def import_all() -> None:
         importlib.import_module(module)
 
 
-def components() -> dict[str, list[tuple[str, str]]]:
-    """``{kind: [(short name, one-line summary)]}`` of every registered vdistill component."""
-    out: dict[str, list[tuple[str, str]]] = {kind: [] for kind in KINDS}
-    for name in sorted(COMPONENTS):
-        doc = inspect.getdoc(load(name)) or ""
-        out[COMPONENTS[name][0]].append((name, doc.splitlines()[0] if doc else ""))
+def components(kind: str | None = None) -> dict[str, list[tuple[str, str]]]:
+    """``{kind title: [(short name, one-line summary)]}`` of every registered component and critic (of ``kind``
+    only when given: a key of :data:`KINDS` or ``critics``)."""
+    valid = [*KINDS, "critics"]
+    if kind is not None and kind not in valid:
+        raise UserError(f"unknown kind {kind!r}; valid kinds: {', '.join(valid)}")
+    out: dict[str, list[tuple[str, str]]] = {}
+    for key, (title, _, _) in KINDS.items():
+        if kind in (None, key):
+            names = sorted(n for n, (k, _) in COMPONENTS.items() if k == key)
+            out[title] = [(n, _summary(load(n))) for n in names]
+    if kind in (None, "critics"):
+        out["critics (reward models, by name)"] = [(n, summary) for n, (_, summary) in CRITICS.items()]
     return out
+
+
+def _summary(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.splitlines()[0] if doc else ""

@@ -20,8 +20,9 @@ import pytest
 import torch
 import yaml
 
-from vdistill.cli import VDistillCLI, main
+from vdistill.cli import main
 from vdistill.data.toy import ToyVideos
+from vdistill.lightning_cli import VDistillCLI
 from vdistill.modules.clipping import ShardedGradientClipping
 from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.distill import Distillation

@@ -70,7 +70,7 @@ def backbone_record(model: Backbone) -> dict:
 ADDITIONS = ("guidance_embedding", "key_timesteps", "lora", "sampler")
 
 
-BACKBONES = "backbones (teachers / students)"
+BACKBONES = "backbones"
 
 
 def build_from_config(cfg: dict, source: str = "model config") -> Backbone:

@@ -39,7 +39,7 @@ OUTPUT_KEYS = ("dirpath", "save_dir", "export_dir", "default_root_dir")
 
 def print_config(args: list[str]) -> str:
     """``vdistill fit ARGS --print_config``, in this process (no second start-up of torch and Lightning)."""
-    from vdistill.cli import VDistillCLI
+    from vdistill.lightning_cli import VDistillCLI
 
     buf, argv = io.StringIO(), sys.argv
     sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv has some (ours: the sweep's)
