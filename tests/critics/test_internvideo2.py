@@ -1,14 +1,43 @@
-"""InternVideo2 Stage2: official key names, the official (naive-attention) forward, pos-emb resampling, the
-keys dropped by name, and the BERT text path."""
+"""InternVideo2 Stage2: official key names, the official (naive-attention) forward, the checkpoint's pos-emb
+resampled at load as the official loaders do, the keys dropped by name, the official [CLS]-only tokens and the
+BERT text path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from critic_files import write_official
+from transformers import BertTokenizer, BertTokenizerFast
 
-from vdistill.critics.internvideo2 import INTERNVIDEO2_SIZES, InternVideo2Stage2, ignored_key
+from vdistill.critics import load_critic
+from vdistill.critics.internvideo2 import INTERNVIDEO2_SIZES, InternVideo2Stage2, ignored_key, tokenize_cls_only
 from vdistill.errors import UserError
+
+try:  # transformers >= 5: BertTokenizer is the tokenizers-backed class, the python one is BertTokenizerLegacy
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as PythonBertTokenizer
+except ImportError:  # transformers 4: BertTokenizer is the python one
+    PythonBertTokenizer = BertTokenizer
+
+
+class OfficialBertTokenizer(PythonBertTokenizer):
+    """InternVideo2's ``models/backbones/bert/tokenization_bert.py`` (T2V-Turbo's ``intern_vid2`` copy too):
+    transformers' python BertTokenizer, except that one sequence is ``[CLS] X`` (no ``[SEP]``)."""
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+        if token_ids_1 is None:
+            return [self.cls_token_id] + token_ids_0
+        return super().build_inputs_with_special_tokens(token_ids_0, token_ids_1)
+
+
+def official_tokens(tokenizer, prompts):
+    """The official call (``get_txt_feat``, T2V-Turbo's ``score_fn``)."""
+    out = tokenizer(prompts, padding="max_length", truncation=True, max_length=40, return_tensors="pt",
+                    return_token_type_ids=False)
+    return out["input_ids"], out["attention_mask"]
+
+
+CKPT = "InternVideo2-stage2_1b-224p-f4.pt"  # the name write_official gives the tiny file
 
 
 def test_vision_keys_are_the_official_ones():
@@ -67,8 +96,39 @@ def official_vision_forward(m, video, heads, pool_heads, pos):
     return ca.proj((attn @ v).transpose(1, 2).reshape(b, 1, -1)).squeeze(1)
 
 
+def checkpoint_pos_embed(folder):
+    return torch.load(folder / CKPT, weights_only=True)["module"]["vision_encoder.pos_embed"]
+
+
+@pytest.mark.parametrize("frames", [8, 2, 4, 1])
+def test_checkpoint_pos_embed_is_resampled_at_load_as_the_official_loader(make_critic, tmp_path, frames):
+    """setup_internvideo2 / T2V-Turbo build the model for ``num_frames`` and resample the 4-frame checkpoint."""
+    critic = make_critic("internvideo2", num_frames=frames)
+    pos = critic.model.vision_encoder.pos_embed
+    official = official_interpolate(checkpoint_pos_embed(tmp_path), 4, frames)
+    assert pos.shape == (1, 1 + frames * 4, INTERNVIDEO2_SIZES["tiny"].width)  # 4 patches per tiny frame
+    assert torch.equal(pos, official)
+    # half precision: resampled in the checkpoint's float32 first, then cast (model.to(float16) comes last)
+    critic.to(torch.bfloat16)
+    expected = critic.model.vision_encoder.img_pos_embed if frames == 1 else official.to(torch.bfloat16)
+    assert torch.equal(critic.model.vision_encoder.position_embedding(frames), expected)
+
+
+def test_a_pos_embed_of_the_wrong_length_is_one_line(make_critic):
+    def cut(sd):
+        return {**sd, "vision_encoder.pos_embed": sd["vision_encoder.pos_embed"][:, :-1]}
+
+    with pytest.raises(UserError, match=r"vision_encoder.pos_embed has shape \(1, 16, 32\), expected \[1, 17, C\]"):
+        make_critic("internvideo2", mutate=cut, num_frames=8)
+
+
+def test_num_frames_below_one_is_one_line(make_critic):
+    with pytest.raises(UserError, match=r"^internvideo2: num_frames must be >= 1, got -2$"):
+        make_critic("internvideo2", num_frames=-2)
+
+
 @pytest.mark.parametrize("frames", [4, 8, 1])
-def test_vision_matches_official_naive_forward(make_critic, frames):
+def test_vision_matches_official_naive_forward(make_critic, tmp_path, frames):
     critic = make_critic("internvideo2", num_frames=frames)
     cfg, m = INTERNVIDEO2_SIZES["tiny"], critic.model.vision_encoder
     torch.manual_seed(0)
@@ -80,7 +140,7 @@ def test_vision_matches_official_naive_forward(make_critic, frames):
         if frames == 1:
             pos = m.img_pos_embed
         else:
-            pos = official_interpolate(m.pos_embed, cfg.num_frames, frames)
+            pos = official_interpolate(checkpoint_pos_embed(tmp_path), cfg.num_frames, frames)
         ref = official_vision_forward(m, video, cfg.heads, cfg.pool_heads, pos)
         torch.testing.assert_close(m(video), ref, atol=1e-5, rtol=1e-4)
 
@@ -105,17 +165,61 @@ def test_an_unknown_extra_key_still_fails(make_critic):
         make_critic("internvideo2", mutate=add)
 
 
-def test_text_path_is_bert_cls_then_text_proj(make_critic):
+WORDS = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *",.!?'\"-:;()&/", *"0123456789",
+         *"abcdefghijklmnopqrstuvwxyz", "a", "the", "cat", "dog", "run", "on", "beach", "red", "car", "drive",
+         "slow", "quick", "naive", "cafe", "resume", "ecole", "ca", "uber", "ete", "don", "stop", "motion", "and",
+         "##s", "##ly", "##ing", "##e", "##t", "\u732b", "\u72d7"]
+TRICKY = ["a cat runs on the beach", "The RED car drives slowly, quickly!", "naïve café résumé", "ÉCOLE Ça Über",
+          "e\u0301te\u0301 combining", "猫 and 狗", "a猫b", "", "   ", "tabs\tand\nnew lines\r\n",
+          "ctrl\x00chars\x07 \ufffd", "emoji \U0001F600 zebra", "the [SEP] car [CLS] [PAD] ##s", "x" * 120,
+          "don't stop-motion (slow)/fast", " ".join(["cat"] * 38), " ".join(["cats"] * 30), "cat " * 40]
+
+
+@pytest.fixture
+def rich_vocab(tmp_path):
+    folder = tmp_path / "bert_rich"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    return folder
+
+
+def test_tokens_are_the_official_cls_only_ones(rich_vocab):
+    official = OfficialBertTokenizer.from_pretrained(rich_vocab, local_files_only=True)
+    ids, mask = official_tokens(official, TRICKY)
+    assert ids.shape == (len(TRICKY), 40) and (ids[:, 0] == official.cls_token_id).all()
+    no_literal_sep = [i for i, p in enumerate(TRICKY) if "[SEP]" not in p]
+    assert not (ids[no_literal_sep] == official.sep_token_id).any()  # no closing [SEP]
+    assert mask[-2].all() and ids[-2, 39] == official.convert_tokens_to_ids("cat")  # 60 pieces: [CLS] + first 39
+    assert mask[8].sum() == 1  # whitespace only: [CLS] alone
+    transformers_one = BertTokenizer.from_pretrained(rich_vocab, local_files_only=True)  # what load_critic builds
+    others = [c.from_pretrained(rich_vocab, local_files_only=True) for c in (BertTokenizerFast, PythonBertTokenizer)]
+    for tok in (transformers_one, *others, official):
+        got = tokenize_cls_only(tok, TRICKY, 40)
+        assert torch.equal(got["input_ids"], ids), type(tok).__name__
+        assert torch.equal(got["attention_mask"], mask), type(tok).__name__
+    # the same strings through transformers' own call differ: it closes every sequence with [SEP]
+    plain = transformers_one(TRICKY, padding="max_length", truncation=True, max_length=40, return_tensors="pt")
+    assert not torch.equal(plain["input_ids"], ids)
+
+
+def test_text_path_is_bert_cls_then_text_proj(make_critic, bert_tokenizer_dir):
     critic = make_critic("internvideo2")
-    prompts = ["a cat runs on the beach", "the red car"]
-    tokens = critic.tokenizer(prompts, padding="max_length", truncation=True, max_length=40, return_tensors="pt")
-    assert tokens["input_ids"].shape == (2, 40)
+    prompts = ["a cat runs on the beach", "the red car", "The dog, the CAT."]
+    ids, mask = official_tokens(OfficialBertTokenizer.from_pretrained(bert_tokenizer_dir), prompts)
     with torch.no_grad():
         bert = critic.model.text_encoder.bert
         assert len(bert.encoder.layer) == INTERNVIDEO2_SIZES["tiny"].text["num_hidden_layers"]
-        cls = bert(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state[:, 0]
+        cls = bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
         ref = F.normalize(critic.model.text_proj(cls), dim=-1)
     torch.testing.assert_close(critic.embed_text(prompts), ref)
+
+
+def test_the_official_tokenizer_object_gives_the_same_embeddings(tmp_path, bert_tokenizer_dir):
+    path, _ = write_official("internvideo2", tmp_path)
+    prompts = ["a cat runs on the beach", "THE RED CAR drives slowly"]
+    embs = [load_critic("internvideo2", checkpoint=path, size="tiny", tokenizer=tok).embed_text(prompts)
+            for tok in (bert_tokenizer_dir, OfficialBertTokenizer.from_pretrained(bert_tokenizer_dir))]
+    assert torch.equal(embs[0], embs[1])
 
 
 def test_tokenizer_is_required(tmp_path):

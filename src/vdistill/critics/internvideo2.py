@@ -13,7 +13,19 @@
   norm1_v, cross_attn.{q, k, v, q_bias, k_bias, v_bias, proj}}`` -> 768.
 * ``vision_proj`` (768 -> 512), ``text_proj`` (1024 -> 512), ``temp``.
 * ``text_encoder.bert.*``: BERT-large; the text-only pass (``mode="text"``) runs layers 0-18 (``fusion_layer``
-  19), takes the [CLS] state and ``text_proj``. Tokens: ``BertTokenizer`` (bert-large-uncased), max_length 40.
+  19), takes the [CLS] state and ``text_proj``. Tokens (:func:`tokenize_cls_only`): InternVideo2's own
+  ``BertTokenizer`` (``backbones/bert/tokenization_bert.py``, T2V-Turbo's ``intern_vid2`` copy too) on the
+  bert-large-uncased vocabulary, called with ``padding="max_length", truncation=True, max_length=40``. It is
+  transformers' python ``BertTokenizer`` except that one sequence is ``[CLS] X`` with NO closing ``[SEP]``
+  (``build_inputs_with_special_tokens``), so up to 39 word pieces follow ``[CLS]``.
+
+Other frame counts (``num_frames`` other than the checkpoint's 4): as the official loaders do
+(``interpolate_pos_embed_internvideo2_new`` in ``demo/utils.py setup_internvideo2`` and ``tasks/shared_utils.py``
+with ``origin_num_frames=4``; ``interpolate_pos_embed_internvideo2(..., orig_t_size=4)`` in T2V-Turbo's
+``pretrain_internvideo2_1b_patch14_224``), the model is built for ``num_frames`` and the checkpoint's
+``pos_embed`` is resampled once, at load, in the checkpoint's precision: the class token's entry kept, the
+``[T0, 256, C]`` grid linearly interpolated along time (``F.interpolate(mode="linear")``, align_corners False).
+One frame uses ``img_pos_embed`` (``use_image``).
 
 Dropped by name (:data:`IGNORED_PREFIXES`): UMT distillation heads ``vision_encoder.clip_decoder.*``,
 ``vision_encoder.final_clip_decoder.*``, their ``clip_pos_embed`` / ``clip_img_pos_embed``; ``itm_head.*``;
@@ -23,13 +35,12 @@ the MLM head ``text_encoder.cls.*``; BERT fusion layers ``text_encoder.bert.enco
 Deviations from the official code, on purpose: plain PyTorch SDPA instead of flash-attn (the official kernels do
 not run on CPU); the MLP uses tanh-approximated GELU, which is what the official fused MLP
 (flash_attn ``FusedMLP``, ``activation="gelu_approx"``) computes (``mlp_gelu="none"`` gives the exact GELU of the
-non-fused path). For more frames than the checkpoint's 4 the temporal part of ``pos_embed`` is linearly resampled
-(``interpolate_pos_embed_internvideo2``), as T2V-Turbo did for 8 frames.
+non-fused path).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -61,7 +72,7 @@ BERT_LARGE_TEXT = dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=19,
 class InternVideo2Config:
     image_size: int = 224
     patch_size: int = 14
-    num_frames: int = 4  # frames the checkpoint's pos_embed covers
+    num_frames: int = 4  # frames pos_embed covers (the checkpoint's; the loader resamples it to the critic's)
     width: int = 1408
     depth: int = 40
     heads: int = 16
@@ -189,11 +200,15 @@ class InternVideo2Vision(nn.Module):
         self.grad_checkpointing = False
 
     def position_embedding(self, frames: int) -> Tensor:
-        """``[1, 1 + frames * patches, C]``: the checkpoint's, resampled in time (one frame: the image one)."""
+        """``[1, 1 + frames * patches, C]``: ``pos_embed`` as loaded (one frame: ``img_pos_embed``).
+
+        The loader already resampled ``pos_embed`` to the critic's frame count; another count (a direct call)
+        is resampled here from it with the same formula.
+        """
+        if frames == 1 and hasattr(self, "img_pos_embed"):
+            return self.img_pos_embed
         cls, grid = self.pos_embed[:, :1], self.pos_embed[0, 1:].unflatten(0, (-1, self.patches))
-        if frames == 1:
-            if hasattr(self, "img_pos_embed"):
-                return self.img_pos_embed
+        if frames == 1:  # joint image/video embedding: the official mean over time
             return torch.cat([cls, grid.mean(0)[None]], dim=1)
         return torch.cat([cls, resample_temporal(grid, frames).flatten(0, 1)[None]], dim=1)
 
@@ -258,14 +273,51 @@ class InternVideo2Critic(Critic):
         x = self.preprocess(pixels.flatten(0, 1)).unflatten(0, (b, n))
         return self.model.vision_proj(self.model.vision_encoder(x.transpose(1, 2)))
 
+    def tokenize(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The official tokens: ``input_ids`` / ``attention_mask`` ``[N, 40]`` (see :func:`tokenize_cls_only`)."""
+        return tokenize_cls_only(self.tokenizer, prompts, self.max_text_length)
+
     def _encode_text(self, prompts: list[str]) -> Tensor:
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_text_length,
-                                return_tensors="pt").to(self.device)
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(prompts).items()}
         out = self.model.text_encoder.bert(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return self.model.text_proj(out.last_hidden_state[:, 0])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.vision_encoder.grad_checkpointing = enable
+
+
+def tokenize_cls_only(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> dict[str, Tensor]:
+    """InternVideo2's text tokens: ``[CLS]``, at most ``max_length - 1`` word pieces, ``[PAD]`` to ``max_length``.
+
+    Equals the official ``BertTokenizer(prompts, padding="max_length", truncation=True, max_length=max_length)``
+    (``[CLS] X``, no ``[SEP]``; truncation keeps the first ``max_length - 1`` pieces since one special token is
+    added). The word pieces come from ``tokenizer`` without its own special tokens, so transformers' slow or fast
+    ``BertTokenizer`` and the official class give the same ids. Returns long ``[N, max_length]`` tensors.
+    """
+    pieces = tokenizer(list(prompts), add_special_tokens=False, truncation=True, max_length=max_length - 1,
+                       return_attention_mask=False, return_token_type_ids=False)["input_ids"] if prompts else []
+    ids = torch.full((len(pieces), max_length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(pieces):
+        seq = [tokenizer.cls_token_id, *seq]
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def adapt_pos_embed(pos: Tensor, checkpoint_frames: int, frames: int, patches: int, what: str) -> Tensor:
+    """The official loader's temporal branch: checkpoint ``pos_embed [1, 1 + T0 * patches, C]`` -> ``frames``.
+
+    ``interpolate_pos_embed_internvideo2(_new)`` (``pos_embed.py``): the class token's entry is kept, the
+    ``[T0, patches, C]`` grid is interpolated linearly along time, in the checkpoint's dtype.
+    """
+    if pos.ndim != 3 or pos.shape[1] != 1 + checkpoint_frames * patches:
+        raise UserError(f"{what}: vision_encoder.pos_embed has shape {tuple(pos.shape)}, expected "
+                        f"[1, {1 + checkpoint_frames * patches}, C] ({checkpoint_frames} frames x {patches} patches)")
+    if frames == checkpoint_frames:
+        return pos
+    grid = resample_temporal(pos[0, 1:].unflatten(0, (checkpoint_frames, patches)), frames)
+    return torch.cat([pos[:, :1], grid.flatten(0, 1)[None]], dim=1)
 
 
 def ignored_key(key: str, text_layers: int) -> bool:
@@ -283,7 +335,9 @@ def load_internvideo2(checkpoint: str | Path | None = None, tokenizer: str | Pat
                       normalization: str | tuple = "imagenet", trust_checkpoint: bool = False) -> InternVideo2Critic:
     """``load_critic("internvideo2", checkpoint="InternVideo2-stage2_1b-224p-f4.pt", tokenizer="bert-large-uncased/")``.
 
-    ``tokenizer``: the bert-large-uncased folder (``vocab.txt``), or a tokenizer object.
+    ``tokenizer``: the bert-large-uncased folder (``vocab.txt``), or a tokenizer object (transformers'
+    ``BertTokenizer(Fast)`` or InternVideo2's own); either way the text gets the official ``[CLS]``-only tokens.
+    ``num_frames``: frames per clip; the checkpoint's 4-frame ``pos_embed`` is resampled to it at load.
     """
     if tokenizer is None:
         raise UserError("internvideo2 needs tokenizer=<bert-large-uncased folder with vocab.txt>")
@@ -291,9 +345,17 @@ def load_internvideo2(checkpoint: str | Path | None = None, tokenizer: str | Pat
         tokenizer = BertTokenizer.from_pretrained(require_path(tokenizer, "InternVideo2 tokenizer folder"),
                                                   local_files_only=True)
     cfg = resolve_size("internvideo2", size, INTERNVIDEO2_SIZES)
-    model = InternVideo2Stage2(cfg)
+    frames = num_frames or cfg.num_frames
+    if frames < 1:
+        raise UserError(f"internvideo2: num_frames must be >= 1, got {frames}")
+    model = InternVideo2Stage2(replace(cfg, num_frames=frames))  # built for the frames it scores, as the official
     if checkpoint is not None:
-        state = read_checkpoint(checkpoint, "module", "InternVideo2", trust_checkpoint)
+        what = f"InternVideo2 {str(checkpoint)!r}"
+        state = dict(read_checkpoint(checkpoint, "module", "InternVideo2", trust_checkpoint))
+        key = "vision_encoder.pos_embed"
+        if key in state:
+            patches = model.vision_encoder.patches
+            state[key] = adapt_pos_embed(state[key], cfg.num_frames, frames, patches, what)
         layers = cfg.text["num_hidden_layers"]
-        load_strict(model, state, f"InternVideo2 {str(checkpoint)!r}", ignore=lambda k: ignored_key(k, layers))
-    return InternVideo2Critic(model, tokenizer, cfg, num_frames=num_frames, normalization=normalization)
+        load_strict(model, state, what, ignore=lambda k: ignored_key(k, layers))
+    return InternVideo2Critic(model, tokenizer, cfg, num_frames=frames, normalization=normalization)
