@@ -18,7 +18,7 @@ def no_model(monkeypatch):
     def load_backbone(*args, **kwargs):
         pytest.fail("a model was loaded before the bad argument was refused")
 
-    for module in ("vdistill.sampling.command", "vdistill.bench"):
+    for module in ("vdistill.sampling.command", "vdistill.bench", "vdistill.synth.command"):
         monkeypatch.setattr(f"{module}.load_backbone", load_backbone)
 
 
@@ -46,6 +46,10 @@ def refused(args: list[str], capsys) -> str:
     ("--mp4", "-2", r"--mp4 must be an integer >= -1, got -2"),
     ("--seed", "-1", r"--seed must be an integer in \[0, 2\*\*63 - 2\]"),
     ("--seed", str(2**63 - 1), r"--seed must be an integer in \[0, 2\*\*63 - 2\]"),
+    ("--frames", "0", r"--frames must be an integer >= 1 or unset, got 0"),
+    ("--height", "-16", r"--height must be an integer >= 1 or unset, got -16"),
+    ("--width", "0", r"--width must be an integer >= 1 or unset, got 0"),
+    ("--dtype", "int8", r"unknown dtype 'int8'; valid choices: bf16, bfloat16, float16, float32, fp16, fp32"),
 ])
 def test_sample_refuses_bad_numbers(flag, value, message, prompts, tmp_path, capsys, no_model):
     line = refused(["sample", "--model", "toy-flow", "--prompts", str(prompts), "--out", str(tmp_path / "s"),
@@ -72,6 +76,18 @@ def test_prompt_file_that_is_a_folder_or_missing(tmp_path, capsys, no_model):
     assert f"prompt file {str(tmp_path)!r} is a folder, not a text file" in line
     line = refused(["sample", "--model", "toy-flow", "--prompts", str(tmp_path / "no.txt"), "--out", "x"], capsys)
     assert "does not exist; give a text file (one prompt a line) or 'toy'" in line
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--frames", "0", r"--frames must be an integer >= 1 or unset, got 0"),
+    ("--width", "-8", r"--width must be an integer >= 1 or unset, got -8"),
+    ("--model-dtype", "int8", r"unknown dtype 'int8'; valid choices: .*bfloat16"),
+])
+def test_synth_refuses_bad_sizes_and_model_dtypes(flag, value, message, prompts, tmp_path, capsys, no_model):
+    line = refused(["synth", "--model", "toy-flow", "--prompts", str(prompts), "--out", str(tmp_path / "d"),
+                    flag, value], capsys)
+    assert re.search(message, line), line
+    assert not (tmp_path / "d").exists()
 
 
 def test_sample_refuses_an_output_path_that_is_a_file(prompts, tmp_path, capsys, no_model):
@@ -113,6 +129,11 @@ ROWS = [{"name": "a", "model": "toy-flow", "steps": 1}]
     ({"rows": [{**ROWS[0], "steps": 0}]}, r"'steps' of row 'a' must be an integer >= 1 or unset, got 0"),
     ({"rows": [{**ROWS[0], "steps": "fast"}]}, r"'steps' of row 'a' must be an integer >= 1 or unset, got 'fast'"),
     ({"rows": [{**ROWS[0], "cfg": "high"}]}, r"'cfg' of row 'a' must be a number, got 'high'"),
+    ({"rows": [{**ROWS[0], "frames": 0}]}, r"row 'a': 'frames' must be an integer >= 1 or unset, got 0"),
+    ({"rows": [{**ROWS[0], "dtype": "int8"}]}, r"row 'a': unknown dtype 'int8'; valid choices: .*bfloat16"),
+    ({"rows": [{**ROWS[0], "dtype": 16}]}, r"row 'a': 'dtype' must be a dtype name such as bfloat16, got 16"),
+    ({"height": "tall"}, r"'height' must be an integer >= 1 or unset, got 'tall'"),
+    ({"dtype": "half-ish"}, r"unknown dtype 'half-ish'"),
     ({"rows": [{**ROWS[0], "model": 3}]}, r"'model' of row 'a' must be a shipped model name or a path"),
     ({"rows": [{**ROWS[0], "name": "../../elsewhere"}]}, r"row name '../../elsewhere' must be a folder name"),
     ({"rows": {"a": "toy-flow"}}, r"'rows' must be a non-empty list of rows"),

@@ -1,6 +1,7 @@
 """``vdistill bench ROWS.yaml``: sample several models on the same prompts and compare them in one table.
 
-The YAML lists rows (``name``, ``model``, optional ``steps``, ``cfg``, ``guidance``) and where to write::
+The YAML lists rows (``name``, ``model``, optional ``steps``, ``cfg``, ``guidance``, ``dtype``, ``frames``,
+``height``, ``width``) and where to write::
 
     out: runs/toy/accvideo
     prompts: toy          # or a prompt file
@@ -10,6 +11,15 @@ The YAML lists rows (``name``, ``model``, optional ``steps``, ``cfg``, ``guidanc
     rows:
       - {name: teacher-50, model: toy-flow, steps: 50}
       - {name: student-m2, model: runs/toy/accvideo/m2_traj_adv/export}
+
+A row's ``model`` is anything ``vdistill sample --model`` takes, a diffusers pipeline folder included; ``dtype``
+(its denoiser's), ``frames``, ``height`` and ``width`` (the video size in pixels) default to the file-level keys of
+the same names, then to the model's own (Wan: 81 x 480 x 832)::
+
+    dtype: bfloat16
+    frames: 33
+    rows:
+      - {name: wan-50, model: /models/Wan2.1-T2V-1.3B-Diffusers, height: 480, width: 832}
 
 Each row's samples go to ``OUT/samples/<name>/`` (``videos.npz`` in the ``vdistill sample`` format, mp4s,
 ``grid.gif``, ``toybench.json``); the table to ``OUT/toybench.md`` and ``OUT/toybench.json``.
@@ -30,16 +40,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from vdistill.backbones.io import load_backbone
+from vdistill.backbones.io import dtype_name, load_backbone
 from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
 from vdistill.files import atomic_folder, atomic_write_text, check_replaceable, read_text
 from vdistill.sampling.command import SAMPLE_FILES, check_int, check_seed, write_samples
-from vdistill.sampling.generate import generate
+from vdistill.sampling.generate import generate, video_size
 from vdistill.world.toybench import format_table
 
-ROW_KEYS = {"name", "model", "steps", "cfg", "guidance"}
-SPEC_KEYS = {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size", "device", "mp4"}
+#: what a row and, as the rows' default, the file may set about the model and its videos
+MODEL_KEYS = ("dtype", "frames", "height", "width")
+ROW_KEYS = {"name", "model", "steps", "cfg", "guidance", *MODEL_KEYS}
+SPEC_KEYS = {"out", "prompts", "repeat", "seed", "reference", "rows", "batch_size", "device", "mp4", *MODEL_KEYS}
 
 
 def _number(value: object) -> bool:
@@ -67,6 +79,7 @@ def check_rows(rows: object, reference: str | None, source: str = "bench") -> No
         for key in ("cfg", "guidance"):
             if r.get(key) is not None and not _number(r[key]):
                 raise UserError(f"{source}: {key!r} of row {name!r} must be a number, got {r[key]!r}")
+        check_model_keys(r, f"{source}: row {name!r}")
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise UserError(f"bench row names must be unique, got {names}")
@@ -74,15 +87,36 @@ def check_rows(rows: object, reference: str | None, source: str = "bench") -> No
         raise UserError(f"reference row {reference!r} is not one of the rows {names}")
 
 
+def check_model_keys(spec: dict, where: str) -> None:
+    """``dtype`` a known dtype name, ``frames``, ``height``, ``width`` integers >= 1 (each optional)."""
+    for key in ("frames", "height", "width"):
+        check_int(spec.get(key), f"{where}: {key!r}", 1, optional=True)
+    if spec.get("dtype") is not None:
+        if not isinstance(spec["dtype"], str):
+            raise UserError(f"{where}: 'dtype' must be a dtype name such as bfloat16, got {spec['dtype']!r}")
+        try:
+            dtype_name(spec["dtype"])
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+
+
+def row_settings(row: dict, defaults: dict | None) -> dict:
+    """The row's ``dtype``, ``frames``, ``height``, ``width``: its own, else the file's (``defaults``), else None."""
+    return {k: row.get(k, (defaults or {}).get(k)) for k in MODEL_KEYS}
+
+
 def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: int = 1, seed: int = 0,
               reference: str | None = None, batch_size: int = 48, device: str = "cpu",
-              mp4: int = 8, source: str = "bench") -> dict[str, dict]:
+              mp4: int = 8, source: str = "bench", defaults: dict | None = None) -> dict[str, dict]:
     """Sample every row on the same prompts and seeds; return ``{row name: ToyBench overall + timing}``.
 
     ``device``: where every row samples (``cpu``, ``cuda``, ``cuda:1``); ``mp4``: mp4s written per row (0: none,
-    -1: all); ``source``: the bench file, named in errors. Every argument is checked before a model is loaded.
+    -1: all); ``source``: the bench file, named in errors; ``defaults``: the file-level ``dtype``, ``frames``,
+    ``height``, ``width`` of the rows that do not set their own. Every argument is checked before a model is
+    loaded, each row's video size against its model once it is loaded, before it samples.
     """
     check_rows(rows, reference, source)
+    check_model_keys(defaults or {}, source)
     check_repeat(repeat, f"{source}: 'repeat'")
     check_int(batch_size, f"{source}: 'batch_size'", 1)
     check_int(mp4, f"{source}: 'mp4'", -1)
@@ -96,12 +130,16 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
     results: dict[str, dict] = {}
     with ExitStack() as staged:  # every row's folder is swapped in when all rows are written
         for row in rows:
-            model = load_backbone(row["model"], map_location=device)
+            settings = row_settings(row, defaults)
+            model = load_backbone(row["model"], map_location=device, dtype=settings["dtype"])
+            size = video_size(model, settings["frames"], settings["height"], settings["width"],
+                              f"{source}: video size of row {row['name']!r}")
             steps = model.defaults.steps if row.get("steps") is None else row["steps"]
             cfg = model.defaults.cfg if row.get("cfg") is None else row["cfg"]
-            print(f"[{row['name']}] {row['model']}: {len(prompt_list)} videos, {steps} steps, cfg {cfg}")
+            print(f"[{row['name']}] {row['model']}: {len(prompt_list)} videos of {size[0]} x {size[1]} x {size[2]}, "
+                  f"{steps} steps, cfg {cfg}")
             gen = generate(model, prompt_list, steps=steps, cfg=cfg, guidance=row.get("guidance"), seed=seed,
-                           batch_size=batch_size)
+                           batch_size=batch_size, num_frames=size[0], height=size[1], width=size[2])
             tmp = staged.enter_context(atomic_folder(out / "samples" / row["name"], SAMPLE_FILES))
             overall = write_samples(gen, tmp, fps=model.defaults.fps, mp4=mp4, label=row["name"]) or {}
             results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
@@ -168,4 +206,4 @@ def run(argv: list[str]) -> dict[str, dict]:
     mp4 = spec.get("mp4", 8) if args.mp4 is None else check_int(args.mp4, "--mp4", -1)
     return run_bench(rows, args.out or spec.get("out", "runs/bench"), spec.get("prompts", "toy"),
                      spec.get("repeat", 1), spec.get("seed", 0), spec.get("reference"), spec.get("batch_size", 48),
-                     device, mp4, source=str(path))
+                     device, mp4, source=str(path), defaults={k: spec[k] for k in MODEL_KEYS if k in spec})

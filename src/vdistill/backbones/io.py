@@ -1,4 +1,9 @@
-"""Saving and loading backbones: shipped names, exported folders and Lightning checkpoints.
+"""Saving and loading backbones: shipped names, diffusers pipeline folders, exported folders and Lightning
+checkpoints.
+
+A diffusers pipeline folder (``model_index.json``, as ``save_pretrained`` or a hub snapshot writes it) is a model
+name like the others: the pipeline class it names picks the backbone (:mod:`vdistill.backbones.pipelines`), which
+loads its parts from the folder.
 
 An exported folder holds ``backbone.yaml`` (``class_path`` + ``init_args``, see :mod:`vdistill.config`) and
 ``model.safetensors`` (:meth:`Backbone.export_state_dict`: all weights but the frozen parts a diffusers backbone
@@ -24,6 +29,8 @@ import yaml
 from safetensors.torch import save_file
 
 from vdistill.backbones.base import Backbone
+from vdistill.backbones.diffusers_io import resolve_dtype
+from vdistill.backbones.pipelines import MODEL_INDEX, is_pipeline_folder, pipeline_backbone
 from vdistill.checkpoints import load_checkpoint_file, load_strict, read_state_dict
 from vdistill.config import from_config, to_config
 from vdistill.errors import UserError
@@ -125,17 +132,26 @@ def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_
     return model
 
 
-def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", adapter_only: bool = True) -> Backbone:
-    """A backbone from a shipped name (``toy-flow``, ``toy-ddpm``), an exported folder or a ``.ckpt`` file.
+def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", adapter_only: bool = True,
+                  dtype: str | torch.dtype | None = None) -> Backbone:
+    """A backbone from a shipped name (``toy-flow``, ``toy-ddpm``), a diffusers pipeline folder (with
+    ``model_index.json``, e.g. a snapshot of ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``), an exported folder or a
+    ``.ckpt`` file.
 
     Files are untrusted: weights are read with safetensors or ``torch.load(weights_only=True)``, and the config
-    they carry builds registered classes only (:func:`build_from_config`). ``adapter_only``: accept an adapter-only
-    LoRA checkpoint (the teacher such a checkpoint names may not be one itself).
+    they carry builds registered classes only (:func:`build_from_config`); a pipeline folder's ``model_index.json``
+    is read as data and picks a backbone from :data:`~vdistill.backbones.pipelines.PIPELINE_BACKBONES`.
+    ``adapter_only``: accept an adapter-only LoRA checkpoint (the teacher such a checkpoint names may not be one
+    itself). ``dtype``: the denoiser's dtype (for the diffusers families also the text encoder's: their
+    ``torch_dtype``); ``None`` keeps the model's own (float32 for a pipeline folder).
     """
     spec = str(spec)
-    path = SHIPPED.get(spec, Path(spec))
-    if path.is_dir():
-        model = _load_folder(path, spec)
+    dtype = None if dtype is None else dtype_name(dtype)
+    path = SHIPPED.get(spec, Path(spec).expanduser())
+    if path.is_dir() and is_pipeline_folder(path):
+        model = _load_pipeline_folder(path, dtype)
+    elif path.is_dir():
+        model = _load_folder(path, spec, dtype)
     elif path.is_file() and path.suffix == ".ckpt":
         ckpt = load_checkpoint_file(path)
         if "vdistill_backbone" not in ckpt:
@@ -146,8 +162,8 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", ad
                                 "must be a full model (an exported folder, a full checkpoint or a shipped name)")
             from vdistill.modules.student import student_from_adapter_checkpoint
 
-            return student_from_adapter_checkpoint(ckpt, source=spec).to(map_location).eval()
-        model = build_from_config(ckpt["vdistill_backbone"], source=f"checkpoint {spec!r}")
+            return cast_denoiser(student_from_adapter_checkpoint(ckpt, source=spec), dtype).to(map_location).eval()
+        model = build_from_config(with_dtype(ckpt["vdistill_backbone"], dtype), source=f"checkpoint {spec!r}")
         state = ckpt.get("state_dict")
         if not isinstance(state, dict):
             raise UserError(f"checkpoint {spec!r} has no state_dict mapping")
@@ -156,25 +172,72 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", ad
             raise UserError(f"checkpoint {spec!r} holds no weights under {list(CKPT_PREFIXES)}")
         load_strict(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=spec,
                     expected=set(model.export_state_dict()))
+    elif not path.exists():
+        raise UserError(f"model {spec!r} does not exist: expected a shipped model ({', '.join(SHIPPED)}), a folder "
+                        f"(a diffusers pipeline with {MODEL_INDEX} or a vdistill export with backbone.yaml) or a "
+                        ".ckpt file")
     else:
-        raise UserError(f"model {spec!r} is neither a shipped model ({', '.join(SHIPPED)}), "
-                        "an exported folder nor a .ckpt file")
+        raise UserError(f"model {spec!r} is a file but not a .ckpt checkpoint: expected a shipped model "
+                        f"({', '.join(SHIPPED)}), a folder (a diffusers pipeline or a vdistill export) or a .ckpt file")
     if getattr(model.denoiser, "vdistill_lora", None) is not None:
         from vdistill.modules.student import merge_lora  # a plain backbone samples faster than base + adapters
 
         merge_lora(model)
-    return model.to(map_location).eval()
+    return cast_denoiser(model, dtype).to(map_location).eval()
 
 
-def _load_folder(path: Path, spec: str) -> Backbone:
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a dtype (``"bf16"``, ``torch.bfloat16`` -> ``"bfloat16"``); unknown: one line."""
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
+
+
+def with_dtype(cfg: object, dtype: str | None) -> object:
+    """A backbone record whose ``torch_dtype`` (the diffusers families' denoiser and text encoder dtype) is
+    ``dtype``: the weights are loaded at that dtype rather than cast after."""
+    if dtype is None or not isinstance(cfg, dict) or not isinstance(cfg.get("init_args"), dict) \
+            or "torch_dtype" not in cfg["init_args"]:
+        return cfg
+    return {**cfg, "init_args": {**cfg["init_args"], "torch_dtype": dtype}}
+
+
+def cast_denoiser(model: Backbone, dtype: str | None) -> Backbone:
+    """Cast the denoiser (and a guidance projection, which feeds its time embedding) to ``dtype`` where a model was
+    not built at it (the toy one, or the teacher an adapter-only checkpoint names). The modules a diffusers model
+    keeps in float32 (``_keep_in_fp32_modules``: Wan's time embedding, norms and modulation) stay so, as in
+    ``from_pretrained(torch_dtype=...)``."""
+    if dtype is None:
+        return model
+    target = resolve_dtype(dtype)
+    keep = getattr(model.denoiser, "_keep_in_fp32_modules", None) or ()
+    tensors = [*model.denoiser.named_parameters(), *model.denoiser.named_buffers()]
+    if model.guidance_proj is not None:
+        tensors += list(model.guidance_proj.named_parameters())
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and tensor.dtype != target and not any(m in name.split(".") for m in keep):
+            tensor.data = tensor.data.to(target)
+    return model
+
+
+def _load_pipeline_folder(path: Path, dtype: str | None) -> Backbone:
+    """The backbone of a diffusers pipeline folder: the class its ``model_index.json`` names picks it, and it
+    loads its parts from the folder (``path``, resolved so that records of it work from any directory)."""
+    from vdistill import registry
+
+    cls = registry.load(pipeline_backbone(path))
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    return cls(path=str(path.resolve()), **kwargs)
+
+
+def _load_folder(path: Path, spec: str, dtype: str | None = None) -> Backbone:
     cfg_file = path / "backbone.yaml"
     if not cfg_file.is_file():
-        raise UserError(f"model folder {spec!r} has no backbone.yaml (not a vdistill export)")
+        raise UserError(f"model folder {spec!r} has neither {MODEL_INDEX} (a diffusers pipeline folder, as "
+                        "save_pretrained writes it) nor backbone.yaml (a vdistill export)")
     try:
         cfg = yaml.safe_load(cfg_file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{str(cfg_file)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
-    model = build_from_config(cfg, source=str(cfg_file))
+    model = build_from_config(with_dtype(cfg, dtype), source=str(cfg_file))
     weights = path / "model.safetensors"
     load_strict(model, read_state_dict(weights), source=str(weights), expected=set(model.export_state_dict()))
     return model

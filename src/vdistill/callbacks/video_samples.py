@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -17,6 +18,7 @@ from PIL import Image
 
 from vdistill.callbacks.periodic import PeriodicSampling, backbone_of
 from vdistill.errors import UserError
+from vdistill.sampling.generate import Generated, video_size
 from vdistill.sampling.video_io import save_npz, write_gif_grid, write_mp4
 
 
@@ -59,6 +61,8 @@ class VideoSamples(PeriodicSampling):
             world's 16 x 16 videos, 1x from 64 px up); mp4s get twice the factor.
         fps: frames per second of the GIF and mp4s (``None``: the model's own).
         tag: TensorBoard image tag.
+        num_frames, height, width: the video size in pixels (``None``: the model's own, e.g. Wan's 81 x 480 x 832,
+            which a training run may want smaller); checked against the model's family when training starts.
         **kwargs: ``repeat``, ``seed``, ``steps``, ``guidance``, ``batch_size``, ``attr``, ``at_start``, ``at_end``
             of :class:`~vdistill.callbacks.periodic.PeriodicSampling`.
     """
@@ -66,12 +70,39 @@ class VideoSamples(PeriodicSampling):
     def __init__(self, every_n_steps: int = 250, prompts: Sequence[str] | str | None = None, mp4: int = 4,
                  ncols: int = 4, upscale: int | None = None, fps: int | None = None, tag: str = "samples/grid",
                  repeat: int = 1, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-                 batch_size: int = 16, attr: str | None = None, at_start: bool = False, at_end: bool = True) -> None:
+                 batch_size: int = 16, attr: str | None = None, at_start: bool = False, at_end: bool = True,
+                 num_frames: int | None = None, height: int | None = None, width: int | None = None) -> None:
         super().__init__(every_n_steps, prompts, repeat, seed, steps, guidance, batch_size, attr, at_start, at_end)
         if mp4 < 0 or ncols < 1 or (upscale is not None and upscale < 1):
             raise UserError(f"VideoSamples: mp4 must be >= 0, ncols and upscale >= 1; got mp4={mp4}, ncols={ncols}, "
                             f"upscale={upscale}")
+        size = {"num_frames": num_frames, "height": height, "width": width}
+        bad = {k: v for k, v in size.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                                                    or v < 1)}
+        if bad:
+            raise UserError(f"VideoSamples: num_frames, height and width must be integers >= 1 or null (the model's "
+                            f"own); got {', '.join(f'{k}={v!r}' for k, v in bad.items())}")
         self.mp4, self.ncols, self.upscale, self.fps, self.tag = mp4, ncols, upscale, fps, tag
+        self.size = size
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        video_size(backbone_of(pl_module, self.attr)[1], **self.size, what="VideoSamples: video size")
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Generated:
+        """:meth:`PeriodicSampling.sample` at this callback's video size: the model's sampling defaults
+        (``model.defaults``, which ``generate`` reads) carry the size for the duration of the call."""
+        _, model = backbone_of(pl_module, self.attr)
+        frames, height, width = video_size(model, **self.size, what="VideoSamples: video size")
+        own = model.__dict__.get("defaults")
+        model.defaults = replace(model.defaults, num_frames=frames, height=height, width=width)
+        try:
+            return super().sample(trainer, pl_module)
+        finally:
+            if own is None:
+                del model.defaults
+            else:
+                model.defaults = own
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         gen = self.sample(trainer, pl_module)

@@ -91,7 +91,7 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
 
     def __init__(
         self,
-        teacher: str | Backbone,
+        teacher: Backbone | str,
         objectives: list[Objective],
         student: StudentConfig = StudentConfig(),
         discriminator: Discriminator | None = None,

@@ -1,6 +1,11 @@
 """``vdistill sample``: sample a model on a prompt list and write videos, a GIF grid and (toy world) ToyBench.
 
-The arguments and the prompt file are checked before the model is loaded (one line, exit 2). Everything
+The model is a shipped name, a diffusers pipeline folder (``model_index.json``: Wan2.1, ModelScope T2V), an
+exported folder or a ``.ckpt``; ``--dtype`` sets its denoiser's dtype and ``--frames --height --width`` the video
+size (default: the model's own, e.g. Wan's 81 x 480 x 832), as its steps and CFG scale default to its own.
+
+The arguments and the prompt file are checked before the model is loaded (one line, exit 2), the video size
+against the model's family once it is loaded, before anything is sampled. Everything
 (``videos.npz``, ``mp4/``, ``grid.gif``, ``toybench.json``) is written into a temporary folder beside ``--out``
 and swapped in at the end (:func:`vdistill.files.atomic_folder`): a run that fails (a full disk, Ctrl-C, a writer's
 error) leaves an earlier ``--out`` complete and unchanged, and no half-written folder. As ``--out`` is replaced as
@@ -14,11 +19,11 @@ import json
 import re
 from pathlib import Path
 
-from vdistill.backbones.io import SHIPPED, load_backbone
+from vdistill.backbones.io import SHIPPED, dtype_name, load_backbone
 from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
 from vdistill.files import atomic_folder, check_replaceable
-from vdistill.sampling.generate import Generated, generate
+from vdistill.sampling.generate import Generated, denoiser_dtype, generate, video_size
 from vdistill.sampling.video_io import save_npz, write_gif_grid, write_mp4
 from vdistill.world.captions import parse_caption
 from vdistill.world.toybench import evaluate, format_table
@@ -49,7 +54,11 @@ def check_seed(seed: object, count: int, what: str = "--seed") -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdistill sample", description=__doc__)
     p.add_argument("--model", required=True,
-                   help=f"a shipped model ({', '.join(SHIPPED)}), an exported folder or a .ckpt checkpoint")
+                   help=f"a shipped model ({', '.join(SHIPPED)}), a diffusers pipeline folder (model_index.json), an "
+                   "exported folder or a .ckpt checkpoint")
+    p.add_argument("--dtype", default=None, help="dtype of the model's denoiser (and a diffusers teacher's text "
+                   "encoder): float32, bfloat16, float16 (default: the model's own; float32 for a diffusers folder)")
+    add_size_arguments(p)
     p.add_argument("--steps", type=int, default=None, help="solver steps >= 1 (default: the model's own)")
     p.add_argument("--prompts", default="toy", help="'toy' (the 48 toy captions) or a text file, one prompt a line")
     p.add_argument("--out", required=True, help="output folder (replaced as a whole when the run succeeds)")
@@ -62,6 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mp4", type=int, default=16, help="write an mp4 for the first N videos (-1: all)")
     p.add_argument("--device", default="cpu")
     return p
+
+
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """``--frames --height --width``: the video size in pixels (default: the model's own)."""
+    for flag, what in (("--frames", "frames per video"), ("--height", "video height in pixels"),
+                       ("--width", "video width in pixels")):
+        p.add_argument(flag, type=int, default=None, help=f"{what} (default: the model's own, e.g. Wan 81 x 480 x "
+                       "832, ModelScope 16 x 256 x 256)")
+
+
+def check_size_arguments(args: argparse.Namespace) -> None:
+    """``--frames --height --width`` are unset or >= 1 (the family's own rules are checked once it is loaded)."""
+    for flag in ("frames", "height", "width"):
+        check_int(getattr(args, flag), f"--{flag}", 1, optional=True)
+
+
+SIZE_FLAGS = "--frames/--height/--width"
 
 
 def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
@@ -93,17 +119,21 @@ def run(argv: list[str]) -> None:
     check_int(args.steps, "--steps", 1, optional=True)
     check_int(args.batch_size, "--batch-size", 1)
     check_int(args.mp4, "--mp4", -1)
+    check_size_arguments(args)
+    dtype = None if args.dtype is None else dtype_name(args.dtype)
     prompts = load_prompts(args.prompts, repeat=check_repeat(args.repeat, "--repeat"))
     check_seed(args.seed, len(prompts))
     out = Path(args.out)
     check_replaceable(out, SAMPLE_FILES, "--out")
-    model = load_backbone(args.model, map_location=args.device)
+    model = load_backbone(args.model, map_location=args.device, dtype=dtype)
+    size = video_size(model, args.frames, args.height, args.width, SIZE_FLAGS)
     steps = model.defaults.steps if args.steps is None else args.steps
     cfg = model.defaults.cfg if args.cfg is None else args.cfg
     gen = generate(model, prompts, steps=steps, cfg=cfg, guidance=args.guidance, seed=args.seed,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, num_frames=size[0], height=size[1], width=size[2])
     overall = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model)
-    print(f"{len(prompts)} videos from {args.model} ({steps} steps, cfg {cfg}) in {gen.seconds:.2f} s "
+    print(f"{len(prompts)} videos of {size[0]} x {size[1]} x {size[2]} from {args.model} ({steps} steps, cfg {cfg}, "
+          f"{str(denoiser_dtype(model)).removeprefix('torch.')}) in {gen.seconds:.2f} s "
           f"({gen.seconds / len(prompts) * 1000:.1f} ms per video) -> {out}")
     if overall is not None:
         row = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds}

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone
+from vdistill.errors import UserError
 from vdistill.sampling.consistency import consistency_sampling, sample_consistency, seeded_noise
 from vdistill.sampling.sampler import initial_noise, sample_latents
 
@@ -21,6 +22,27 @@ class Generated:
     videos: Tensor
     prompts: list[str]
     seconds: float
+
+
+def video_size(model: Backbone, num_frames: int | None = None, height: int | None = None, width: int | None = None,
+               what: str = "video size") -> tuple[int, int, int]:
+    """``(frames, height, width)`` in pixels: the values given, the model's own (``model.defaults``) where ``None``,
+    checked against the family's latent grid (its ``latent_shape``: e.g. Wan's ``1 + 4k`` frames and multiples of
+    16 pixels) before anything is sampled; a size it refuses is one line naming ``what`` (the flags or keys)."""
+    d = model.defaults
+    size = (d.num_frames if num_frames is None else num_frames, d.height if height is None else height,
+            d.width if width is None else width)
+    try:
+        model.latent_shape(*size)
+    except UserError as err:
+        raise UserError(f"{what} {size[0]} x {size[1]} x {size[2]} (frames x height x width): {err}") from None
+    return size
+
+
+def denoiser_dtype(model: Backbone) -> torch.dtype:
+    """The dtype the denoiser computes in (a diffusers model's own ``dtype`` skips the modules it keeps in float32)."""
+    dtype = getattr(model.denoiser, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.denoiser.parameters()).dtype
 
 
 @torch.no_grad()
@@ -41,13 +63,15 @@ def generate(
     """Sample one video per prompt (prompt ``i`` uses noise seed ``seed + i``, whatever the batching).
 
     ``cfg`` defaults to the model's own scale; ``cfg = 1`` disables classifier-free guidance (students).
+    ``num_frames``, ``height``, ``width``: the video size in pixels (default: the model's own, see
+    :func:`video_size`).
     A consistency student (:func:`~vdistill.sampling.consistency.set_consistency_sampling`) is sampled with the
     multistep consistency sampler, its embedded guidance scale (``guidance``, default: its own) and no CFG.
     """
     consistency = consistency_sampling(model) is not None
     d = model.defaults
     cfg = d.cfg if cfg is None else cfg
-    shape = model.latent_shape(num_frames or d.num_frames, height or d.height, width or d.width)
+    shape = model.latent_shape(*video_size(model, num_frames, height, width))
     device = next(model.denoiser.parameters()).device
     start = time.perf_counter()
     uncond = model.encode_text([""]) if cfg != 1.0 and not consistency else None

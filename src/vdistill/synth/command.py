@@ -1,5 +1,11 @@
 """``vdistill synth``: write the synthetic trajectory dataset of a teacher (resumable, split by rank).
 
+The teacher is a shipped name, a diffusers pipeline folder (``model_index.json``), an exported folder or a
+``.ckpt``; ``--frames --height --width`` set the video size (default: the teacher's own). ``--dtype`` is the
+STORAGE dtype of the shards (the key latents and text conditioning written to disk), so the teacher's own compute
+dtype is ``--model-dtype`` (default: the teacher's own; float32 for a diffusers folder): a bfloat16 teacher may
+write float32 shards and the other way round.
+
 ``vdistill synth --verify --out DIR`` checks a finished or downloaded set instead: every shard's size, header,
 sha256 against its manifest and that its tensors are finite (one read of the whole set). After that, trusted
 storage can skip the per-shard check of the training run (``TrajectoryData(verify=false)``).
@@ -11,9 +17,11 @@ import argparse
 import os
 import time
 
-from vdistill.backbones.io import SHIPPED, load_backbone
+from vdistill.backbones.io import SHIPPED, dtype_name, load_backbone
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
+from vdistill.sampling.command import SIZE_FLAGS, add_size_arguments, check_size_arguments
+from vdistill.sampling.generate import video_size
 from vdistill.synth.shards import load_manifest, verify
 from vdistill.synth.writer import synthesize
 
@@ -44,8 +52,11 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a bad value is an ArgumentError that the CLI prints as one line (exit status 2)
     p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__, exit_on_error=False)
-    p.add_argument("--model", help=f"the teacher: {', '.join(SHIPPED)}, an exported folder or .ckpt (required "
-                   "unless --verify)")
+    p.add_argument("--model", help=f"the teacher: {', '.join(SHIPPED)}, a diffusers pipeline folder "
+                   "(model_index.json), an exported folder or .ckpt (required unless --verify)")
+    p.add_argument("--model-dtype", default=None, help="the teacher's compute dtype: float32, bfloat16, float16 "
+                   "(default: its own; float32 for a diffusers folder); --dtype is the shards' storage dtype")
+    add_size_arguments(p)
     p.add_argument("--prompts", default="toy", help="'toy' or a text file, one prompt a line")
     p.add_argument("--repeat", type=_positive, default=1, help="trajectories per prompt (seeds differ)")
     p.add_argument("--out", required=True, help="dataset folder (rerun the same command to resume)")
@@ -57,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i")
     p.add_argument("--shard-size", type=_positive, default=64)
     p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="storage dtype of the shards' float tensors (not the teacher's: see --model-dtype)")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process (env RANK)")
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                    help="processes splitting the prompts (env WORLD_SIZE)")
@@ -77,10 +89,14 @@ def run(argv: list[str]) -> dict:
     prompts = load_prompts(args.prompts, repeat=args.repeat)
     if not 0 <= args.rank < args.world_size:
         raise UserError(f"rank {args.rank} is outside world size {args.world_size}")
-    model = load_backbone(args.model, map_location=args.device)
+    check_size_arguments(args)
+    model_dtype = None if args.model_dtype is None else dtype_name(args.model_dtype)
+    model = load_backbone(args.model, map_location=args.device, dtype=model_dtype)
+    frames, height, width = video_size(model, args.frames, args.height, args.width, SIZE_FLAGS)
     return synthesize(model, prompts, args.out, key_indices=args.key_indices, steps=args.steps, cfg=args.cfg,
                       guidance=args.guidance, seed=args.seed, shard_size=args.shard_size,
-                      batch_size=args.batch_size, dtype=args.dtype, rank=args.rank, world_size=args.world_size)
+                      batch_size=args.batch_size, dtype=args.dtype, rank=args.rank, world_size=args.world_size,
+                      num_frames=frames, height=height, width=width)
 
 
 def verify_set(root: str) -> dict:
