@@ -42,7 +42,8 @@ def test_list_filters_by_kind(capsys):
         assert f"  {name} " in out
     code, out, _ = run_cli(["list", "--kind", "backbones"], capsys)
     assert code == 0 and out.splitlines()[0] == "backbones (teachers / students):"
-    assert {line.split()[0] for line in out.splitlines()[1:]} == {"ToyBackbone", "WanBackbone", "ModelScopeBackbone"}
+    assert {line.split()[0] for line in out.splitlines()[1:]} == {"ToyBackbone", "WanBackbone", "ModelScopeBackbone",
+                                                                  "HunyuanVideoBackbone"}
     code, out, _ = run_cli(["list", "--kind", "critics"], capsys)
     assert {line.split()[0] for line in out.splitlines()[1:]} == set(registry.CRITICS)
     code, _, err = run_cli(["list", "--kind", "no_such_kind"], capsys)

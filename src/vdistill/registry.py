@@ -31,6 +31,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "ToyBackbone": ("backbones", "vdistill.backbones.toy"),
     "ModelScopeBackbone": ("backbones", "vdistill.backbones.modelscope"),
     "WanBackbone": ("backbones", "vdistill.backbones.wan"),
+    "HunyuanVideoBackbone": ("backbones", "vdistill.backbones.hunyuan"),
     "DDPMSchedule": ("schedules", "vdistill.diffusion.schedules"),
     "FlowSchedule": ("schedules", "vdistill.diffusion.schedules"),
     "CriticTraining": ("modules", "vdistill.modules.critic_training"),

@@ -147,3 +147,62 @@ def modelscope_pipeline_dir(modelscope_dir, tmp_path_factory) -> Path:
     return _save_pipeline(TextToVideoSDPipeline, modelscope_dir, tmp_path_factory.mktemp("modelscope_pipeline"), {
         "unet": UNet3DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
         "tokenizer": AutoTokenizer, "scheduler": DDIMScheduler})
+
+
+def llama_tokenizer():
+    """A word-level tokenizer with Llama 3's special tokens (``<|begin_of_text|>`` prepended), SentencePiece-style
+    word boundaries and ``\\n\\n`` as one token, so that HunyuanVideo's prompt template ends at token 95 as with
+    the real one (the pipeline's ``crop_start``)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>"]
+    vocab = {w: i for i, w in enumerate([*specials, *(f"\u2581{w}" for w in WORDS)])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.add_special_tokens(specials)
+    tk.add_tokens([AddedToken("\n\n", normalized=False)])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation("isolated"),
+                                                pre_tokenizers.Digits(individual_digits=True)])
+    tk.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", vocab["<|begin_of_text|>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def hunyuan_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny random HunyuanVideo T2V written by ``HunyuanVideoPipeline.save_pretrained`` (Llama + CLIP text, the
+    real 8x / 4x VAE structure, guidance embedding on, FlowMatchEuler with the released shift 7.0)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    root = tmp_path_factory.mktemp("hunyuan_pipeline")
+    torch.manual_seed(0)
+    tok = llama_tokenizer()
+    tok_2 = clip_tokenizer(tmp_path_factory.mktemp("hunyuan_clip_tokenizer"))
+    HunyuanVideoPipeline(
+        transformer=HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+            text_embed_dim=16, pooled_projection_dim=32, rope_axes_dim=(4, 4, 4), guidance_embeds=True),
+        vae=AutoencoderKLHunyuanVideo(
+            latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4),
+        text_encoder=LlamaModel(LlamaConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)),
+        tokenizer=tok,
+        text_encoder_2=CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tok_2), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=tok_2.bos_token_id, eos_token_id=tok_2.eos_token_id,
+            pad_token_id=tok_2.pad_token_id)),
+        tokenizer_2=tok_2,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    ).save_pretrained(str(root))
+    return root

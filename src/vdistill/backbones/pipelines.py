@@ -26,6 +26,7 @@ MODEL_INDEX = "model_index.json"
 PIPELINE_BACKBONES: dict[str, str] = {
     "WanPipeline": "WanBackbone",
     "TextToVideoSDPipeline": "ModelScopeBackbone",
+    "HunyuanVideoPipeline": "HunyuanVideoBackbone",
 }
 
 #: pipeline class -> {component our backbone loads: the classes model_index.json may name for it (None: any)}.
@@ -36,6 +37,9 @@ PIPELINE_COMPONENTS: dict[str, dict[str, tuple[str, ...] | None]] = {
                     "text_encoder": ("UMT5EncoderModel",), "tokenizer": None},
     "TextToVideoSDPipeline": {"unet": ("UNet3DConditionModel",), "vae": ("AutoencoderKL",),
                               "text_encoder": ("CLIPTextModel",), "tokenizer": None},
+    "HunyuanVideoPipeline": {"transformer": ("HunyuanVideoTransformer3DModel",), "vae": ("AutoencoderKLHunyuanVideo",),
+                             "text_encoder": ("LlamaModel",), "tokenizer": None,
+                             "text_encoder_2": ("CLIPTextModel",), "tokenizer_2": None},
 }
 
 #: components our backbones cannot use: a second expert (Wan2.2 A14B switches transformers at boundary_ratio)

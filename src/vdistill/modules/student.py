@@ -20,13 +20,15 @@ from torch import Tensor, nn
 from vdistill.backbones.base import Backbone
 from vdistill.errors import UserError
 
-#: default LoRA targets per family: (layer types, name prefix inside the denoiser); other families: all Linear
-LORA_DEFAULTS: dict[str, tuple[tuple[type, ...], str]] = {
+#: default LoRA targets per family: (layer types, name prefix(es) inside the denoiser); other families: all Linear
+LORA_DEFAULTS: dict[str, tuple[tuple[type, ...], str | tuple[str, ...]]] = {
     "ToyBackbone": ((nn.Linear, nn.Conv2d), ""),
     # T2V-Turbo: LoRA on all Linear / Conv layers of the ModelScope UNet
     "ModelScopeBackbone": ((nn.Linear, nn.Conv2d), ""),
     # attention projections and FFNs of the DiT blocks (the usual Wan LoRA targets)
     "WanBackbone": ((nn.Linear,), "blocks."),
+    # every Linear of the dual- and single-stream blocks (musubi-tuner's HunyuanVideo LoRA)
+    "HunyuanVideoBackbone": ((nn.Linear,), ("transformer_blocks.", "single_transformer_blocks.")),
 }
 
 
