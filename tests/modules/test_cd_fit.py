@@ -66,7 +66,7 @@ def test_fit_toy(teachers, kind):
 @pytest.mark.parametrize("family", ["modelscope", "wan"])
 def test_fit_diffusers_teachers_and_export(family, request, tmp_path):
     """ModelScope with a LoRA student (T2V-Turbo MS), Wan fully fine-tuned; the LoRA checkpoint is adapter-only
-    and ``vdistill export`` writes the merged UNet in the diffusers layout too."""
+    and ``vdistill export`` writes the merged UNet in the diffusers layout too, its guidance scale folded in."""
     from vdistill.backbones.modelscope import ModelScopeBackbone
     from vdistill.backbones.wan import WanBackbone
     from vdistill.cli import main
@@ -89,9 +89,12 @@ def test_fit_diffusers_teachers_and_export(family, request, tmp_path):
     loaded = load_backbone(tmp_path / "export")
     from diffusers import UNet3DConditionModel
 
+    from vdistill.backbones.pipeline_export import guidance_fold
+
     unet = UNet3DConditionModel.from_pretrained(str(tmp_path / "export" / "unet"))
+    folded, delta = guidance_fold(loaded)  # the student's fixed guidance scale, as a bias of the time embedding
     for k, v in loaded.denoiser.state_dict().items():
-        torch.testing.assert_close(unet.state_dict()[k], v)
+        torch.testing.assert_close(unet.state_dict()[k], v + delta if k == f"{folded}.bias" else v)
     x, t = torch.randn(1, *loaded.latent_shape(2, 32, 32)), torch.tensor([500.0])
     text, w = loaded.encode_text(["a cat"]), torch.tensor([2.0])
     with torch.no_grad():

@@ -124,6 +124,12 @@ class Backbone(RecordsInit, nn.Module, ABC):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T', H', W')`` of the latents of a ``num_frames x height x width`` video."""
 
+    def step_noise(self, shape: Sequence[int], generator: torch.Generator) -> Tensor:
+        """Fresh noise ``shape`` = ``(C, T', H', W')`` for one sample between the steps of a multistep sampler
+        (the consistency sampler), drawn in the order the family's diffusers pipeline draws it so that the exported
+        pipeline, seeded alike, samples the same video."""
+        return torch.randn(*shape, generator=generator)
+
     @abstractmethod
     def time_embedding(self) -> tuple[nn.Module, int]:
         """The module whose output ``[B, D]`` is the denoiser's timestep embedding, and ``D``."""

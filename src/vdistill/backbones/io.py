@@ -148,7 +148,8 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", ad
     spec = str(spec)
     dtype = None if dtype is None else dtype_name(dtype)
     path = SHIPPED.get(spec, Path(spec).expanduser())
-    if path.is_dir() and is_pipeline_folder(path):
+    if path.is_dir() and is_pipeline_folder(path) and not (path / "backbone.yaml").is_file():
+        # a vdistill export is a pipeline folder too: its backbone.yaml (the student) wins over model_index.json
         model = _load_pipeline_folder(path, dtype)
     elif path.is_dir():
         model = _load_folder(path, spec, dtype)

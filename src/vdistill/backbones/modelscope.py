@@ -8,6 +8,8 @@ are 50 DDIM steps at CFG 9.0, 16 frames of 256 x 256 at 8 fps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -130,6 +132,12 @@ class ModelScopeBackbone(Backbone):
             else None
         states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
         return {"states": states}
+
+    def step_noise(self, shape: Sequence[int], generator: torch.Generator) -> Tensor:
+        # TextToVideoSDPipeline steps its scheduler on frames as a batch ([T', C, H', W']), so LCMScheduler draws
+        # each step's noise frames first
+        c, t, h, w = shape
+        return torch.randn(t, c, h, w, generator=generator).transpose(0, 1)
 
     # -- pixels <-> latents --------------------------------------------------------------------------------
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:

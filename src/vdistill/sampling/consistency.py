@@ -107,6 +107,6 @@ def sample_consistency(
         if generators is None:
             eps = torch.randn_like(x0)
         else:
-            eps = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(dev)
+            eps = torch.stack([model.step_noise(x0.shape[1:], g) for g in generators]).to(dev)
         x = model.schedule.add_noise(x0, eps, times[i + 1].expand(b).to(dev))
     return SampleResult(latents=x.to(dtype), timesteps=times)
