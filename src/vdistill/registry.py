@@ -43,6 +43,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "TrajectoryGuidance": ("objectives", "vdistill.objectives.trajectory"),
     "Discriminator": ("discriminators", "vdistill.modules.discriminator"),
     "ToyVideos": ("datamodules", "vdistill.data.toy"),
+    "VideoClips": ("datamodules", "vdistill.data.videos"),
     "TrajectoryData": ("datamodules", "vdistill.synth.dataset"),
     "EMA": ("callbacks", "vdistill.callbacks.ema"),
     "ExportBackbone": ("callbacks", "vdistill.callbacks.export"),
