@@ -312,3 +312,31 @@ def test_broken_teacher_config_is_one_line_through_fit(case, wan_pipeline_dir, w
     line = error_line(*run_cli(["fit", "--config", str(config)], capsys)[::2])
     for part in expected:
         assert part.format(folder=folder) in line, line
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("family", ["wan", "modelscope"])
+def test_consistency_lora_fit_by_short_name_exports_a_pipeline(family, request, tmp_path, capsys):
+    """``vdistill fit`` of consistency distillation with a LoRA student of ``class_path: WanBackbone`` /
+    ``ModelScopeBackbone``, two steps on real-shaped clips; the ExportBackbone folder loads as a diffusers pipeline."""
+    from diffusers import DiffusionPipeline
+
+    folder = request.getfixturevalue(f"{family}_pipeline_dir")
+    name, frames = ("WanBackbone", 5) if family == "wan" else ("ModelScopeBackbone", 2)
+    cfg = {"seed_everything": 0,
+           "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_progress_bar": False,
+                       "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"),
+                       "callbacks": [{"class_path": "ExportBackbone",
+                                      "init_args": {"dirpath": str(tmp_path / "export")}}]},
+           "model": {"class_path": "Distillation", "init_args": {
+               "teacher": {"class_path": name, "init_args": {"path": str(folder)}},
+               "objectives": [{"class_path": "ConsistencyDistillation"}], "guidance": 3.0,
+               "student": {"mode": "lora", "lora_rank": 4, "guidance_embedding": True}, "lr": 1e-3}},
+           "data": {"class_path": "ToyVideos", "init_args": {"batch_size": 1, "num_frames": frames, "size": 32,
+                                                              "val_samples": 1}}}
+    (tmp_path / "cd.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(["fit", "--config", str(tmp_path / "cd.yaml")], capsys)
+    assert code == 0, err
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "export"))
+    assert type(pipe).__name__ == ("WanPipeline" if family == "wan" else "TextToVideoSDPipeline")
+    assert (tmp_path / "export" / "pytorch_lora_weights.safetensors").is_file()
