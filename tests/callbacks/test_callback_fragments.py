@@ -19,8 +19,8 @@ CALLBACKS = {"EMA", "ExportBackbone", "PeriodicCheckpoints", "PeriodicEvaluation
 
 def test_registered():
     assert CALLBACKS <= {name for name, _ in registry.components()["callbacks"]}
-    assert [f.name for f in FRAGMENTS] == ["adapter_checkpoints.yaml", "ema.yaml", "throughput.yaml",
-                                           "toybench_eval.yaml", "video_samples.yaml"]
+    assert [f.name for f in FRAGMENTS] == ["adapter_checkpoints.yaml", "ema.yaml", "lr_monitor.yaml",
+                                           "throughput.yaml", "toybench_eval.yaml", "video_samples.yaml"]
 
 
 def test_every_fragment_appends(capsys):
@@ -28,8 +28,8 @@ def test_every_fragment_appends(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"), *configs, "--print_config"])
     printed = capsys.readouterr().out
-    order = ["ModelCheckpoint", "ExportBackbone", "PeriodicCheckpoints", "EMA", "ThroughputMemory",
-             "PeriodicEvaluation", "VideoSamples"]  # the recipe's two, then one per fragment in order
+    order = ["ModelCheckpoint", "ExportBackbone", "PeriodicCheckpoints", "EMA", "LearningRateMonitor",
+             "ThroughputMemory", "PeriodicEvaluation", "VideoSamples"]  # the recipe's two, then one per fragment
     found = [line.split(".")[-1].strip() for line in printed.splitlines() if "- class_path:" in line
              and ".callbacks." in line]
     assert found == order

@@ -5,11 +5,17 @@ exported folder or a ``.ckpt``; ``--dtype`` sets its denoiser's dtype and ``--fr
 size (default: the model's own, e.g. Wan's 81 x 480 x 832), as its steps and CFG scale default to its own.
 
 The arguments and the prompt file are checked before the model is loaded (one line, exit 2), the video size
-against the model's family once it is loaded, before anything is sampled. Everything
-(``videos.npz``, ``mp4/``, ``grid.gif``, ``toybench.json``) is written into a temporary folder beside ``--out``
-and swapped in at the end (:func:`vdistill.files.atomic_folder`): a run that fails (a full disk, Ctrl-C, a writer's
-error) leaves an earlier ``--out`` complete and unchanged, and no half-written folder. As ``--out`` is replaced as
-a whole, a folder holding anything else is refused up front.
+against the model's family once it is loaded, before anything is sampled.
+
+The writers are sized for real videos (:mod:`vdistill.sampling.video_io`): mp4s at the video's own size (tiny
+videos upscaled), streamed to the encoder frame by frame; ``grid.gif`` downscaled to at most 16 Mpx over all its
+frames; ``videos.npz`` (the arrays that ``critic-report`` and later evaluations read) only while the videos are
+small with ``--npz auto`` (:data:`~vdistill.sampling.video_io.NPZ_AUTO_BYTES`), always or never on request.
+
+Everything (``videos.npz``, ``mp4/``, ``grid.gif``, ``toybench.json``) is written into a temporary folder beside
+``--out`` and swapped in at the end (:func:`vdistill.files.atomic_folder`): a run that fails (a full disk, Ctrl-C,
+a writer's error) leaves an earlier ``--out`` complete and unchanged, and no half-written folder. As ``--out`` is
+replaced as a whole, a folder holding anything else is refused up front.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
 from vdistill.files import atomic_folder, check_replaceable
 from vdistill.sampling.generate import Generated, denoiser_dtype, generate, video_size
-from vdistill.sampling.video_io import save_npz, write_gif_grid, write_mp4
+from vdistill.sampling.video_io import (
+    NPZ_AUTO_BYTES,
+    check_npz,
+    save_npz,
+    videos_nbytes,
+    wants_npz,
+    write_gif_grid,
+    write_mp4,
+)
 from vdistill.world.captions import parse_caption
 from vdistill.world.toybench import evaluate, format_table
 
@@ -69,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="videos per prompt")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--mp4", type=int, default=16, help="write an mp4 for the first N videos (-1: all)")
+    p.add_argument("--npz", default="auto", help="write videos.npz (uint8 arrays + prompts): auto (only when the "
+                   f"videos hold at most {NPZ_AUTO_BYTES // 2**20} MiB, e.g. the toy world's), always, never")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -90,11 +106,18 @@ def check_size_arguments(args: argparse.Namespace) -> None:
 SIZE_FLAGS = "--frames/--height/--width"
 
 
-def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
-    """Write ``videos.npz``, mp4s, ``grid.gif`` and, when every prompt is a toy caption, ``toybench.json`` into
-    ``folder`` (in place: callers pass the temporary folder of :func:`~vdistill.files.atomic_folder`).
-    Returns the ToyBench overall row (or ``None``)."""
-    save_npz(folder / "videos.npz", gen.videos, gen.prompts)
+def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: str = "",
+                  npz: str = "auto") -> dict | None:
+    """Write ``videos.npz`` (``npz``: auto, always, never; :func:`~vdistill.sampling.video_io.wants_npz`), mp4s of
+    the first ``mp4`` videos, ``grid.gif`` (the first 48) and, when every prompt is a toy caption,
+    ``toybench.json`` (scored from the videos in memory, with or without ``videos.npz``) into ``folder`` (in place:
+    callers pass the temporary folder of :func:`~vdistill.files.atomic_folder`). Returns the ToyBench overall row
+    (or ``None``)."""
+    if wants_npz(gen.videos, npz):
+        save_npz(folder / "videos.npz", gen.videos, gen.prompts)
+    elif npz == "auto":
+        print(f"videos.npz not written: {len(gen.prompts)} videos of {videos_nbytes(gen.videos) / 2**20:.0f} MiB "
+              f"(uint8) are over --npz auto's {NPZ_AUTO_BYTES // 2**20} MiB; --npz always writes it")
     n_mp4 = len(gen.prompts) if mp4 < 0 else min(mp4, len(gen.prompts))
     for i in range(n_mp4):
         slug = re.sub(r"[^a-z0-9]+", "_", gen.prompts[i].lower()).strip("_")[:60] or "empty"
@@ -108,10 +131,11 @@ def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: 
     return None
 
 
-def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str = "") -> dict | None:
+def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str = "",
+                  npz: str = "auto") -> dict | None:
     """:func:`write_samples` into a temporary folder swapped in as ``out`` (module docstring)."""
     with atomic_folder(out, SAMPLE_FILES) as tmp:
-        return write_samples(gen, tmp, fps, mp4=mp4, label=label)
+        return write_samples(gen, tmp, fps, mp4=mp4, label=label, npz=npz)
 
 
 def run(argv: list[str]) -> None:
@@ -119,6 +143,7 @@ def run(argv: list[str]) -> None:
     check_int(args.steps, "--steps", 1, optional=True)
     check_int(args.batch_size, "--batch-size", 1)
     check_int(args.mp4, "--mp4", -1)
+    check_npz(args.npz, "--npz")
     check_size_arguments(args)
     dtype = None if args.dtype is None else dtype_name(args.dtype)
     prompts = load_prompts(args.prompts, repeat=check_repeat(args.repeat, "--repeat"))
@@ -131,7 +156,7 @@ def run(argv: list[str]) -> None:
     cfg = model.defaults.cfg if args.cfg is None else args.cfg
     gen = generate(model, prompts, steps=steps, cfg=cfg, guidance=args.guidance, seed=args.seed,
                    batch_size=args.batch_size, num_frames=size[0], height=size[1], width=size[2])
-    overall = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model)
+    overall = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model, npz=args.npz)
     print(f"{len(prompts)} videos of {size[0]} x {size[1]} x {size[2]} from {args.model} ({steps} steps, cfg {cfg}, "
           f"{str(denoiser_dtype(model)).removeprefix('torch.')}) in {gen.seconds:.2f} s "
           f"({gen.seconds / len(prompts) * 1000:.1f} ms per video) -> {out}")
