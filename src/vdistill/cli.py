@@ -71,6 +71,7 @@ def _innermost_value_error(text: str) -> str | None:
 COMMANDS = {
     "sample": "vdistill.sampling.command",
     "synth": "vdistill.synth.command",
+    "preprocess": "vdistill.preprocess.command",
     "demo": "vdistill.demo",
     "bench": "vdistill.bench",
     "export": "vdistill.export",
@@ -87,6 +88,7 @@ our commands:
   list       every registered component and critic, by kind (--kind backbones, ..., critics)
   sample     sample a model on a prompt list: videos.npz, mp4, GIF grid, ToyBench in the toy world
   synth      write a teacher's synthetic trajectory dataset (key points only; resumable, split by rank)
+  preprocess encode real clips once with the teacher's VAE and text encoder (latents + text; resumable, split by rank)
   bench      sample several models on the same prompts: one ToyBench table with measured speed-ups
   export     merge a (LoRA) student checkpoint into a folder that `vdistill sample` loads
   demo       the whole pipeline in the toy world: synth, distil (trajectory + adversarial + reward), bench

@@ -44,6 +44,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "Discriminator": ("discriminators", "vdistill.modules.discriminator"),
     "ToyVideos": ("datamodules", "vdistill.data.toy"),
     "VideoClips": ("datamodules", "vdistill.data.videos"),
+    "LatentClips": ("datamodules", "vdistill.preprocess.dataset"),
     "TrajectoryData": ("datamodules", "vdistill.synth.dataset"),
     "EMA": ("callbacks", "vdistill.callbacks.ema"),
     "ExportBackbone": ("callbacks", "vdistill.callbacks.export"),

@@ -84,9 +84,11 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             (toy critics: their shipped weights); frozen, in eval mode, never saved in checkpoints (see
             :func:`~vdistill.objectives.reward.build_critics`).
 
-    Data: trajectory key points (``TrajectoryData``) or real clips, ``(videos [B, T, 3, H, W], prompts)`` batches of
-    a video datamodule such as ``ToyVideos`` (consistency distillation), as the objectives need. A LoRA student's
-    checkpoints are adapter-only when its teacher can be rebuilt (a name, a path, a diffusers folder config).
+    Data: trajectory key points (``TrajectoryData``) or real clips (consistency distillation), as the objectives
+    need: ``(videos [B, T, 3, H, W], prompts)`` batches of a video datamodule (``VideoClips``, ``ToyVideos``), or the
+    same clips encoded once by ``vdistill preprocess`` (``LatentClips``: the fit then runs neither the VAE encoder
+    nor the text encoder). A LoRA student's checkpoints are adapter-only when its teacher can be rebuilt (a name, a
+    path, a diffusers folder config).
     """
 
     def __init__(
@@ -158,12 +160,16 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
 
     def check_data(self, datamodule: L.LightningDataModule | None) -> None:
         """Refuse data that lacks what an objective needs (``trajectory``, ``videos``: the datamodule's
-        ``provides``); the CLI calls it right after parsing, ``setup`` again."""
+        ``provides``), and data encoded for another teacher (a datamodule's ``check_teacher(teacher)``, e.g.
+        ``LatentClips``: a ``vdistill preprocess`` cache); the CLI calls it right after parsing, ``setup`` again."""
         provides = set(getattr(datamodule, "provides", ()))
         if isinstance(getattr(datamodule, "dataset", None), TrajectoryDataset):
             provides.add("trajectory")
         what = type(datamodule).__name__ if datamodule is not None else "not a datamodule"
         check_needs(self.objectives, self.models().available() | provides, where=f"(the data is {what})")
+        check_teacher = getattr(datamodule, "check_teacher", None)
+        if callable(check_teacher):
+            check_teacher(self.teacher)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

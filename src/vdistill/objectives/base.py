@@ -9,7 +9,9 @@ ONE backward, so each term must reach only the parameters it is meant to train (
 
 * ``trajectory``: batches of teacher key points (:class:`~vdistill.synth.TrajectoryData`),
 * ``teacher``: the frozen teacher (consistency distillation),
-* ``videos``: batches of real videos and their prompts (consistency distillation; e.g. ``ToyVideos``),
+* ``videos``: batches of real clips and their prompts, as pixels (``VideoClips``, ``ToyVideos``) or as the
+  teacher's latents and text conditioning from a ``vdistill preprocess`` cache (``LatentClips``); consistency
+  distillation,
 * ``discriminator``: a :class:`~vdistill.modules.discriminator.Discriminator` (adversarial alignment),
 * ``critics``: reward models (reward feedback).
 """
@@ -31,7 +33,8 @@ from vdistill.errors import UserError
 NEED_HINTS: dict[str, str] = {
     "trajectory": "batches of teacher key points (data: TrajectoryData over a synthesised trajectory set)",
     "teacher": "the frozen teacher (model.teacher)",
-    "videos": "batches of real videos and prompts (data: a video datamodule such as ToyVideos)",
+    "videos": "batches of real videos and prompts (data: a video datamodule such as VideoClips or ToyVideos, or "
+              "LatentClips over a vdistill preprocess cache)",
     "discriminator": "a discriminator (model.discriminator, e.g. class_path: Discriminator)",
     "critics": "reward critics (model.critics)",
 }

@@ -1,6 +1,7 @@
 """Latent consistency distillation with an embedded guidance scale (LCM; T2V-Turbo's "VCM", arXiv 2405.18750).
 
-For a real clip ``x0`` (its teacher-VAE latents) and prompt ``c``, per sample:
+For a real clip ``x0`` (its teacher-VAE latents: encoded on the fly, or read from a ``vdistill preprocess`` cache)
+and prompt ``c``, per sample:
 
 1. a start ``t_n`` uniform over the N-step solver grid (:func:`~vdistill.diffusion.consistency.consistency_grid`)
    and its end ``t_{n-k}``, ``k`` training timesteps later along the grid (clamped at the grid's clean end),
@@ -48,15 +49,27 @@ class VideoBatch:
 
 
 def encode_videos(batch: dict, models: Models) -> VideoBatch:
-    """Encode ``batch["videos"]`` (pixels ``[B, T, 3, H, W]`` in [0, 1]) and ``batch["prompts"]`` with the frozen
-    teacher, once per step (cached in ``models.cache`` for every objective that reads the same clips)."""
+    """The batch's clips as the teacher encodes them, once per step (cached in ``models.cache`` for every objective
+    that reads the same clips).
+
+    A batch of pixels (``videos`` ``[B, T, 3, H, W]`` in [0, 1], ``prompts``) is encoded by the frozen teacher's VAE
+    and text encoder. A batch of a latent cache (:class:`~vdistill.preprocess.LatentClips`: ``latents`` ``[B, C, T',
+    H', W']``, ``text``, ``uncond``, ``prompts``) was encoded by them once, by ``vdistill preprocess``: it is used as
+    it is, so neither encoder runs (the empty prompt is encoded only when the batch lacks ``uncond``)."""
     if "videos" in models.cache:
         return models.cache["videos"]
-    teacher = models.teacher
+    teacher, prompts = models.teacher, list(batch["prompts"])
     with torch.no_grad():
-        x0 = teacher.encode_video(batch["videos"]).float()
-        out = VideoBatch(x0=x0, text=teacher.encode_text(list(batch["prompts"])), uncond=teacher.encode_text([""]),
-                         prompts=list(batch["prompts"]))
+        # contiguous: ``randn_like`` lays its draws out in memory order, so a transposed view of the VAE's output
+        # (ModelScope's, the toy's) would get other noise per element than the same latents read from a cache
+        if "latents" in batch:
+            uncond = batch["uncond"] if "uncond" in batch else teacher.encode_text([""])
+            x0 = batch["latents"].float().contiguous()
+            out = VideoBatch(x0=x0, text=batch["text"], uncond=uncond, prompts=prompts)
+        else:
+            x0 = teacher.encode_video(batch["videos"]).float().contiguous()
+            out = VideoBatch(x0=x0, text=teacher.encode_text(prompts), uncond=teacher.encode_text([""]),
+                             prompts=prompts)
     models.cache["videos"] = out
     return out
 
