@@ -166,3 +166,27 @@ def test_a_student_of_a_checkpointed_teacher_checkpoints_its_own_blocks():
     student = make_student(teacher)
     for mine, theirs in zip(student.denoiser.blocks, teacher.denoiser.blocks):
         assert mine.forward.args[0] is mine and theirs.forward.args[0] is theirs
+
+
+def test_a_lora_student_of_a_bf16_teacher_trains_in_float32():
+    """bf16 adapters would not move: an AdamW step of 1e-5 is below bf16's spacing for weights above ~2.6e-3."""
+    teacher = tiny_toy().to(torch.bfloat16)
+    student = make_student(teacher, "lora", lora_rank=4, guidance_embedding=True)
+    trainable = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    assert all(p.dtype == torch.bfloat16 for n, p in student.named_parameters() if not p.requires_grad)
+    x = torch.randn(2, *teacher.latent_shape(4, 8, 8), dtype=torch.bfloat16)
+    t, w = torch.tensor([0.7, 0.3]), torch.tensor([2.0, 5.0])
+    text = teacher.encode_text(["a red circle moving left", "a blue square moving up"])
+    out = student(x, t, text, w)
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(out, teacher(x, t, text))  # zero-initialised B and projection
+    lora_a = {n: p.detach().clone() for n, p in trainable.items() if "lora_A" in n}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-5, weight_decay=0.0)
+    for _ in range(2):  # B moves first (A's gradient is zero while B is), then A
+        optimizer.zero_grad()
+        student(x, t, text, w).float().square().mean().backward()
+        optimizer.step()
+    moved = [n for n, before in lora_a.items() if not torch.equal(trainable[n], before)]
+    assert len(moved) == len(lora_a)

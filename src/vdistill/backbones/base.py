@@ -197,7 +197,8 @@ class Backbone(RecordsInit, nn.Module, ABC):
         def add_guidance(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
             if self._guidance_emb is None:
                 return output
-            extra = self.guidance_proj(self._guidance_emb.to(output.dtype))
+            proj = self.guidance_proj  # float32 in a LoRA student of a half-precision teacher (make_student)
+            extra = proj(self._guidance_emb.to(proj.weight.dtype)).to(output.dtype)
             return output + extra.reshape(extra.shape[0], *([1] * (output.ndim - 2)), extra.shape[1])
 
         self._guidance_hook = module.register_forward_hook(add_guidance)

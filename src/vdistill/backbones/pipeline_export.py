@@ -107,10 +107,11 @@ def denoiser_state(denoiser: nn.Module, fold: tuple[str, Tensor] | None = None) 
 
         for name, module in denoiser.named_modules():
             if isinstance(module, BaseTunerLayer):
-                weight = module.get_base_layer().weight.detach()
+                base = module.get_base_layer().weight.detach()
+                weight = base.float()
                 for adapter in module.active_adapters:
-                    weight = weight + module.get_delta_weight(adapter)
-                state[f"{name}.weight"] = weight
+                    weight = weight + module.get_delta_weight(adapter).float()
+                state[f"{name}.weight"] = weight.to(base.dtype)  # float32 adapters on a bf16 teacher: its dtype
     if fold is not None:
         name, delta = fold
         bias = state[f"{name}.bias"]

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from vdistill.backbones.base import Backbone
@@ -160,9 +161,22 @@ def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lor
         apply_lora(student, lora_rank, lora_alpha, target_modules)
     if guidance_embedding or student.guidance_proj is not None:
         student.enable_guidance_embedding().requires_grad_(True)
+    if mode == "lora":
+        upcast_trainable(student)
     if gradient_checkpointing:
         student.enable_gradient_checkpointing()
     return student.train()
+
+
+def upcast_trainable(student: Backbone) -> None:
+    """Keep a LoRA student's trainable weights (adapters, guidance projection) in float32 when its teacher is in
+    half precision, as diffusers' LoRA training scripts do (``cast_training_params``): an AdamW step of ~1e-5 is
+    below bf16's resolution for any weight above ~2.6e-3, so bf16 adapters would hardly train. peft casts each
+    adapter's input to its dtype and its output back; the guidance hook casts likewise."""
+    from diffusers.training_utils import cast_training_params
+
+    if any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in student.parameters()):
+        cast_training_params(student, dtype=torch.float32)
 
 
 def student_from_adapter_checkpoint(ckpt: dict, source: str = "checkpoint") -> Backbone:
