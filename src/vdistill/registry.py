@@ -39,6 +39,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "TeacherTraining": ("modules", "vdistill.modules.teacher"),
     "AdversarialAlignment": ("objectives", "vdistill.objectives.adversarial"),
     "ConsistencyDistillation": ("objectives", "vdistill.objectives.consistency"),
+    "DistributionMatching": ("objectives", "vdistill.objectives.distribution_matching"),
     "RewardFeedback": ("objectives", "vdistill.objectives.reward"),
     "TrajectoryGuidance": ("objectives", "vdistill.objectives.trajectory"),
     "Discriminator": ("discriminators", "vdistill.modules.discriminator"),

@@ -383,3 +383,94 @@ def test_bf16_with_every_objective(mix, precision, tiny_world):
     assert not all(torch.equal(a, b) for a, b in zip(before, after))
     if precision == "bf16-true":
         assert next(model.student.denoiser.parameters()).dtype == torch.bfloat16
+
+
+# -- DMD2 under FSDP: the fake score's group and a fake-only step -------------------------------------------------
+def _dmd_mix(root: str):
+    from vdistill.objectives.distribution_matching import DistributionMatching
+
+    torch.manual_seed(0)
+    model = Distillation(f"{root}/flow", [DistributionMatching(fake_updates=2)],
+                         lr=1e-3)
+    data = TrajectoryData(f"{root}/synvid", batch_size=2, shuffle=False)
+    data.setup()
+    model.bind_key_timesteps(data.dataset.timesteps.tolist())
+    loader = iter(data.train_dataloader())
+    return model, [next(loader) for _ in range(2)]
+
+
+def _train_dmd(model, batches, step, summon) -> dict:
+    """Global steps 0 (student and fake score) and 1 (fake score only, k = 2), as Lightning runs them: the losses,
+    gradients after ``on_before_optimizer_step`` and the final weights of every trained part."""
+    import contextlib
+
+    model.log = lambda *a, **k: None
+    model.log_dict = lambda *a, **k: None
+    optimizer = model.configure_optimizers()
+    trained = ("student.", "objectives.")
+    out = {"loss": [], "grads": [], "weights": []}
+    for i, batch in enumerate(batches):
+        model.trains_student = lambda _step, i=i: i % 2 == 0  # no Trainer here: global step i
+        torch.manual_seed(100 + i)
+        loss = step(batch)
+        loss.backward()
+        model.on_before_optimizer_step(optimizer)
+        with summon(with_grads=True) if summon else contextlib.nullcontext():
+            out["grads"].append({n.replace("_fsdp_wrapped_module.", ""): p.grad.clone()
+                                 for n, p in model.named_parameters() if n.startswith(trained) and p.grad is not None})
+        out["loss"].append(loss.detach())
+        optimizer.step()
+        optimizer.zero_grad()
+        with summon() if summon else contextlib.nullcontext():
+            out["weights"].append({k: v.detach().clone() for k, v in model.state_dict().items()
+                                   if k.startswith(trained)})
+    return out
+
+
+def _fsdp_dmd_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    strategy = strategy_from_fragment("fsdp")
+    model, batches = _dmd_mix(root)
+    sharded = FSDP(TrainingStep(model), device_id=torch.device("cpu"), sharding_strategy=strategy.sharding_strategy,
+                   **strategy.kwargs)
+    result = _train_dmd(model, batches, sharded, summon=functools.partial(FSDP.summon_full_params, sharded))
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_dmd_under_the_fsdp_sharded_step_equals_the_unsharded_one(tiny_world, tmp_path):
+    """DMD2, fake score in its own group: a student step and a fake-only step sharded on 2 CPU processes give the
+    unsharded losses, gradients and weights; the fake-only step leaves the student's weights as they were. (Not the
+    GAN term: its generator half runs the fake score with detached parameters through ``torch.func.functional_call``,
+    which FSDP's flat-parameter views refuse in the backward.)"""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "fsdp_dmd.pt"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_fsdp_dmd_rank, args=(2, port, str(tiny_world), str(out)), nprocs=2)
+    got = torch.load(out, weights_only=True)
+    model, batches = _dmd_mix(str(tiny_world))
+    plain = _train_dmd(model, batches, TrainingStep(model), summon=None)
+    for i in range(2):
+        torch.testing.assert_close(got["loss"][i], plain["loss"][i], rtol=0, atol=0)
+        assert got["grads"][i].keys() >= plain["grads"][i].keys() and plain["grads"][i]
+        assert any(k.startswith("student.") for k in plain["grads"][i]) == (i == 0)
+        for key in got["grads"][i].keys() - plain["grads"][i].keys():  # summon_full_params shows a dropped
+            assert i == 1 and not got["grads"][i][key].any(), key      # gradient of a shared unit as zeros
+        for key, grad in plain["grads"][i].items():
+            torch.testing.assert_close(got["grads"][i][key], grad, rtol=0, atol=0, msg=f"step {i}: {key}")
+        for key, value in plain["weights"][i].items():
+            torch.testing.assert_close(got["weights"][i][key], value, rtol=0, atol=0, msg=f"step {i}: {key}")
+    for run in (got, plain):
+        for key, value in run["weights"][0].items():
+            if key.startswith("student."):
+                assert torch.equal(run["weights"][1][key], value), key

@@ -5,8 +5,12 @@ The AccVideo recipe is ``objectives: [TrajectoryGuidance, AdversarialAlignment]`
 optimised by ONE AdamW with a parameter group per trained part (student, discriminator heads). With automatic
 optimization and a single backward this runs unchanged under DDP, FSDP and DeepSpeed (which takes one
 optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.objectives.adversarial`); the
-fragments in ``experiments/strategies/`` say what each shards. The consistency EMA target needs whole parameters:
-it is refused under FSDP and ZeRO-3.
+fragments in ``experiments/strategies/`` say what each shards. Objectives with networks of their own (DMD's
+fake score: :mod:`vdistill.objectives.distribution_matching`) add their parameter group to the same AdamW; with a
+two time-scale update rule, the steps that train only those networks leave the student without gradient
+(``on_before_optimizer_step``), so under DDP use ``ddp_find_unused_parameters_true``; DeepSpeed keeps gradients of
+its own and is not covered by that guarantee. The consistency EMA target needs whole parameters: it is refused under
+FSDP and ZeRO-3.
 
 A step whose total loss is not finite (NaN / Inf: corrupt data, a diverging run) stops the fit at once with a
 :class:`~vdistill.errors.UserError` naming the global step and the batch's shard files, raised in
@@ -46,6 +50,8 @@ from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+#: optimizer groups an objective trains on its own steps (DMD's fake score), while the student is not updated
+SIDE_GROUPS = ("fake_score",)
 # validation is optional here (a held-out set only when the data has one): no warning at every fit without it
 warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
 
@@ -130,10 +136,14 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         self.student = make_student(self.teacher, **asdict(student))
         for obj in objectives:
             obj.prepare_student(self.student)
+            bind = getattr(obj, "bind_teacher", None)  # objectives with networks of their own (DMD's fake score)
+            if callable(bind):
+                bind(self.teacher)
         self.target = None if target_ema_decay is None else EMAWeights(self.student, target_ema_decay)
         self._teacher_ref = teacher_reference(teacher)
         self.key_timesteps: tuple[float, ...] | None = None
         self._resume_state: dict | None = None  # this rank's RNG and fake queues from the checkpoint resumed
+        self._student_step = True  # whether the step in progress updates the student (see trains_student)
         # the frozen teacher is rebuilt from the config, not saved: resuming must not ask for its weights
         self.strict_loading = False
 
@@ -178,6 +188,10 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             raise UserError(f"the EMA target (target_ema_decay) needs whole parameters, and "
                             f"{type(self.trainer.strategy).__name__} shards them: use ddp or deepspeed_zero2, or the "
                             "online target (target_ema_decay: null, T2V-Turbo's code)")
+        for obj in self.objectives:  # e.g. DMD's GAN term, whose detached-parameter pass FSDP cannot run
+            check = getattr(obj, "check_strategy", None)
+            if callable(check) and self._trainer is not None:
+                check(type(self.trainer.strategy).__name__, shards_parameters(self.trainer.strategy))
         dataset = getattr(dm, "dataset", None)
         if isinstance(dataset, TrajectoryDataset):  # its held-out set was checked against it (check_held_out)
             check_teacher(dataset.manifest, self.teacher, dataset.root)
@@ -199,8 +213,14 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         models = self.models()
         total: Tensor | float = 0.0
         logs: dict[str, Tensor] = {}
+        self._student_step = self.trains_student(self.global_step)
         for obj in self.objectives:
-            out = obj(batch, models)
+            if self._student_step:
+                out = obj(batch, models)
+            elif callable(getattr(obj, "side_losses", None)):
+                out = obj.side_losses(batch, models)  # e.g. DMD's fake score alone (two time-scale updates)
+            else:
+                continue
             total = total + obj.total(out)
             for key, value in out.items():
                 logs[f"loss/{key}" if key in obj.loss_terms else f"{obj.name}/{key}"] = value.detach()
@@ -210,6 +230,24 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         self.log_dict(logs, batch_size=bs)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
         return total
+
+    def trains_student(self, step: int) -> bool:
+        """Whether global step ``step`` updates the student: every step, unless an objective's two time-scale
+        update rule (DMD2's ``fake_updates``) keeps it for its own networks alone."""
+        return all(obj.trains_student(step) for obj in self.objectives
+                   if callable(getattr(obj, "trains_student", None)))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """On a step that does not update the student, drop every gradient but the side networks' (set to None, not
+        zero): torch's AdamW skips parameters without a gradient, moments, step count and weight decay included, so
+        the student and the discriminator heads come out of the step bit-identical, whatever a strategy wrote into
+        their gradients (DDP with ``find_unused_parameters`` may reduce zeros)."""
+        if self._student_step:
+            return
+        for group in optimizer.param_groups:
+            if group.get("name") not in SIDE_GROUPS:
+                for p in group["params"]:
+                    p.grad = None
 
     def _stop_unless_finite(self, logs: dict[str, Tensor], batch: dict) -> None:
         """Raise a one-line UserError, on every rank at once, when this step's total loss is not finite on any rank
@@ -243,6 +281,9 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         if self.discriminator is not None:
             groups.append({"params": list(self.discriminator.parameters()), "lr": hp.disc_lr,
                            "name": "discriminator"})
+        for obj in self.objectives:  # networks an objective trains itself (DMD's fake score), with its settings
+            if callable(getattr(obj, "param_groups", None)):
+                groups.extend(obj.param_groups(hp.lr, tuple(hp.betas), hp.weight_decay))
         opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         schedule = hp.lr_schedule
         if schedule == "constant":
@@ -261,7 +302,7 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.target is not None:  # the EMA target follows the student once per optimizer step
+        if self.target is not None and self._student_step:  # the EMA target follows the student once per optimizer step
             self.target.update(self.student)
 
     def on_train_start(self) -> None:
@@ -280,15 +321,23 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
     def _adapter_only(self) -> bool:
         return self._teacher_ref is not None and is_lora(self.student)
 
+    def _side_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the objectives' own networks (DMD's fake score), rebuilt from the teacher: only
+        their trainable parameters are saved (a LoRA fake score's adapters, a full one's denoiser and head)."""
+        return tuple(f"objectives.{i}.fake_score." for i, obj in enumerate(self.objectives)
+                     if getattr(obj, "fake_score", None) is not None)
+
     def _saved(self, keys) -> list[str]:
-        """The keys a checkpoint keeps: not the unsaved prefixes, and for an adapter-only LoRA checkpoint no
-        student weight but the trainable ones (the frozen base weights are the teacher's)."""
-        drop = self._unsaved_prefixes()
-        trained = {f"student.{n}".replace("_fsdp_wrapped_module.", "")  # FSDP's state dict has clean names
-                   for n, p in self.student.named_parameters() if p.requires_grad}
+        """The keys a checkpoint keeps: not the unsaved prefixes, for an adapter-only LoRA checkpoint no student
+        weight but the trainable ones (the frozen base weights are the teacher's), and of the objectives' own
+        networks only the trainable weights."""
+        drop, side = self._unsaved_prefixes(), self._side_prefixes()
+        trained = {n.replace("_fsdp_wrapped_module.", "")  # FSDP's state dict has clean names
+                   for n, p in self.named_parameters() if p.requires_grad}
         adapter_only = self._adapter_only()
         return [k for k in keys if not k.startswith(drop)
-                and not (adapter_only and k.startswith("student.") and k not in trained)]
+                and not (adapter_only and k.startswith("student.") and k not in trained)
+                and not (side and k.startswith(side) and k not in trained)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vdistill_backbone"] = backbone_record(self.student)
