@@ -70,3 +70,12 @@ def test_short_names_of_every_backbone_family_resolve(capsys, tmp_path):
         assert code == 0, err
         printed = yaml.safe_load(out)["model"]["init_args"]["backbone"]
         assert printed["class_path"] == registry.dotted(name) and printed["init_args"]["path"] == "/models/x"
+
+
+def test_lookup_takes_our_own_reexports_only():
+    """jsonargparse prints a re-exported class by its package (``vdistill.objectives.TrajectoryGuidance``)."""
+    assert registry.lookup("vdistill.objectives.TrajectoryGuidance") == "TrajectoryGuidance"
+    assert registry.lookup("vdistill.objectives.trajectory.TrajectoryGuidance") == "TrajectoryGuidance"
+    for path in ("os.TrajectoryGuidance", "vdistill.TrajectoryGuidance", "vdistill.obj.TrajectoryGuidance",
+                 "vdistill.objectives.consistency.TrajectoryGuidance", "torch.nn.Linear"):
+        assert registry.lookup(path) is None, path

@@ -72,7 +72,12 @@ def lookup(class_path: str) -> str | None:
     if class_path in COMPONENTS:
         return class_path
     module, _, name = class_path.rpartition(".")
-    return name if name in COMPONENTS and COMPONENTS[name][1] == module else None
+    if name not in COMPONENTS:
+        return None
+    home = COMPONENTS[name][1]
+    # the defining module, or a vdistill package above it that re-exports it (jsonargparse prints
+    # ``vdistill.objectives.TrajectoryGuidance``)
+    return name if module == home or (module.startswith("vdistill.") and home.startswith(module + ".")) else None
 
 
 def dotted(name: str) -> str:
