@@ -24,6 +24,13 @@ the same names, then to the model's own (Wan: 81 x 480 x 832)::
 Each row's samples go to ``OUT/samples/<name>/`` (``videos.npz`` in the ``vdistill sample`` format, mp4s,
 ``grid.gif``, ``toybench.json``); the table to ``OUT/toybench.md`` and ``OUT/toybench.json``.
 
+With toy prompts and ``repeat`` >= 2 each row has a ``diversity`` (:mod:`vdistill.world.toybench`): its spread of
+the object's start position and size over each prompt's seeds, over the ``reference`` row's (1.0 for that row by
+construction), or over rendered clips' when the file names no reference. ``toybench.json`` also keeps, per row,
+``diversity se`` (its jackknife standard error over prompts), ``diversity reference`` (which one), ``diversity
+(data)`` and its ``se`` (against rendered clips, as ``vdistill sample`` reports it and each row's own
+``toybench.json`` keeps it) and the ``spread`` itself; ``n/a`` (``null``) with ``repeat: 1``.
+
 The file and every value in it are checked before any model is loaded (one line naming the file and the key).
 Each row is written into a temporary folder beside ``OUT/samples/<name>``; the folders are swapped in only once
 every row has been sampled and written, then the two tables are written atomically (temporary file + rename). A
@@ -46,7 +53,14 @@ from vdistill.errors import UserError
 from vdistill.files import atomic_folder, atomic_write_text, check_replaceable, read_text
 from vdistill.sampling.command import SAMPLE_FILES, check_int, check_seed, write_samples
 from vdistill.sampling.generate import generate, video_size
-from vdistill.world.toybench import format_table
+from vdistill.world.toybench import (
+    DATA_REFERENCE,
+    Spread,
+    data_spread,
+    format_table,
+    relative_diversity,
+    spread_of,
+)
 
 #: what a row and, as the rows' default, the file may set about the model and its videos
 MODEL_KEYS = ("dtype", "frames", "height", "width")
@@ -128,6 +142,7 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
     for row in rows:
         check_replaceable(out / "samples" / row["name"], SAMPLE_FILES, f"samples folder of row {row['name']!r}")
     results: dict[str, dict] = {}
+    spreads: dict[str, tuple[Spread | None, Spread | None]] = {}  # toy rows: (row's, rendered clips')
     with ExitStack() as staged:  # every row's folder is swapped in when all rows are written
         for row in rows:
             settings = row_settings(row, defaults)
@@ -144,15 +159,44 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
             overall = write_samples(gen, tmp, fps=model.defaults.fps, mp4=mp4, label=row["name"]) or {}
             results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
                                     "model": str(row["model"])}
+            if overall:
+                T, _, H, W = gen.videos.shape[1:]
+                spreads[row["name"]] = spread_of(gen.videos, gen.prompts), data_spread(gen.prompts, T, H, W)
     if reference is not None:
         base = results[reference]["time (s)"]
         for r in results.values():
             r["speed-up"] = base / r["time (s)"]
-    table = format_table({k: {c: v for c, v in r.items() if c != "model"} for k, r in results.items()})
+    note = add_diversity(results, spreads, reference)
+    hidden = {"model", "spread", "diversity se", "diversity reference", "diversity (data)", "diversity (data) se"}
+    table = format_table({k: {c: v for c, v in r.items() if c not in hidden} for k, r in results.items()})
+    table += f"\n\n{note}" if note else ""
     atomic_write_text(out / "toybench.md", table + "\n")
     atomic_write_text(out / "toybench.json", json.dumps(results, indent=2))
     print(table)
     return results
+
+
+def add_diversity(results: dict[str, dict], spreads: dict[str, tuple[Spread | None, Spread | None]],
+                  reference: str | None) -> str:
+    """Set each toy row's ``diversity`` and ``diversity se`` against the ``reference`` row's spread (rendered
+    clips' when there is none), ``diversity reference``, ``diversity (data)`` with its ``se`` and the ``spread``;
+    return the table's note. ``spreads[name]``: the row's spread and that of rendered clips of its prompts."""
+    if not spreads:
+        return ""
+    label = DATA_REFERENCE if reference is None else f"row {reference!r}"
+    for name, (spread, data) in spreads.items():
+        r = results[name]
+        against_data = relative_diversity(spread, data)[0] or {}
+        r["diversity (data)"], r["diversity (data) se"] = against_data.get("diversity"), against_data.get("se")
+        if reference is not None:
+            row = relative_diversity(spread, spreads.get(reference, (None, None))[0])[0] or {}
+            r["diversity"], r["diversity se"] = row.get("diversity"), row.get("se")
+        else:
+            r["diversity"], r["diversity se"] = r["diversity (data)"], r["diversity (data) se"]
+        r["diversity reference"] = label
+        r["spread"] = spread and spread.to_json()
+    return (f"diversity: each row's spread of the object's start position and size over the seeds of a prompt, "
+            f"over that of {label} (n/a: one video per prompt).")
 
 
 def read_spec(path: Path) -> dict:

@@ -29,6 +29,7 @@ def test_real_videos_score_one(videos: torch.Tensor) -> None:
         "semantic": 1.0,
         "quality": pytest.approx(1.0, abs=0.01),
         "n": 48,
+        "diversity": None,  # one video per prompt (test_diversity.py measures it)
     }
     assert list(result.per_prompt) == PROMPTS
     assert all(s["semantic"] == 1.0 and s["n"] == 1 for s in result.per_prompt.values())
@@ -74,14 +75,16 @@ def test_json_and_table(videos: torch.Tensor) -> None:
         extra_columns=[("seconds", "time (s)"), ("speedup", "speed-up")],
     )
     lines = table.splitlines()
-    assert lines[0] == "| model | steps | " + " | ".join(METRICS) + " | time (s) | speed-up |"
-    assert lines[1].count("---") == 2 + len(METRICS) + 2
-    assert lines[3].startswith("| student 4 steps | 4 | 1.000 |") and "| 1.250 | 9.6x |" in lines[3]
-    assert lines[2].endswith("| 12.000 | - |")
+    metrics = ["semantic", "quality", "diversity", *METRICS[2:]]
+    assert lines[0] == "| model | steps | " + " | ".join(metrics) + " | time (s) | speed-up |"
+    assert lines[1].count("---") == 2 + len(metrics) + 2
+    assert lines[3].startswith("| student 4 steps | 4 | 1.000 | 1.000 | n/a |") and "| 1.250 | 9.6x |" in lines[3]
+    assert lines[2].endswith("| 12.000 | - |")  # a key the row lacks
 
 
 def test_table_columns_default_to_the_rows_keys(videos: torch.Tensor) -> None:
     overall = evaluate(videos[:2], PROMPTS[:2]).overall
+    overall.pop("diversity")
     table = format_table({"teacher": {**overall, "time (s)": 3.0, "steps": 50, "cfg": 7.5}})
     header, _, row = table.splitlines()
     assert header == "| model | steps | cfg | " + " | ".join(METRICS) + " | time (s) |"

@@ -11,7 +11,17 @@ processing recovers what a caption says. The oracle is the toy stand-in for VBen
   direction (y grows downwards); less than ``MIN_TRAVEL`` frame sizes over the clip counts as no motion;
 - **quality** = cleanliness x steadiness: the fraction of visible (not black) pixels that are near the predicted
   palette colour, times a score for how steady the object's area stays over frames. A product, so that noise
-  (steady but dirty) and a flickering clean object both score low; an empty video has steadiness 0.
+  (steady but dirty) and a flickering clean object both score low; an empty video has steadiness 0;
+- **geometry** (what the renderer jitters per seed, for ToyBench's diversity): the object's start position
+  ``(x0, y0)`` and its size, in fractions of the frame (``geometry_batch``), read so that a blurred, faint or
+  noisy object reads as the sharp one. Per frame, the contrast is the brightest channel above the frame's median
+  (the black background: an object covers at most ~20% of a frame) and the peak its maximum. The size is the root
+  of the area at half maximum, where a symmetric blur crosses an edge's step and which a faint object scales with,
+  counted softly (a pixel counts ``clamp(2 c / peak - 1/2, 0, 1)``: 0 below a quarter of the peak, 1 above three
+  quarters) so that a blurred edge's pixels count by how far the edge reaches into them. The position is the
+  contrast-weighted centroid of the pixels above a quarter of the peak (a symmetric blur keeps a centroid; the
+  cut keeps background noise out), fitted over the frames by a least-squares line (the toy motion is uniform) and
+  read at the first frame.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ CV_FULL = 0.2
 # ... falling linearly to zero here.
 CV_ZERO = 0.6
 
+# Geometry: a frame shows the object when its peak contrast over the background (brightest channel) reaches this.
+MIN_CONTRAST = 0.1
+
 # Sub-samples per pixel side, as in render.py: a template pixel is drawn when >= half of its sub-samples are inside.
 _SS = 4
 # Frames per chunk in the shape fit (bounds the [chunk, H * W, SS^2] threshold array: 16 MB at 16 x 16).
@@ -51,7 +64,11 @@ _MOTION_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "down", (1, -1): "up"
 
 @dataclass(frozen=True)
 class OracleReading:
-    """What the oracle reads from one video. A ``None`` attribute means the object was missing (always wrong)."""
+    """What the oracle reads from one video. A ``None`` attribute means the object was missing (always wrong).
+
+    ``x0``, ``y0``, ``size``: the object's start position and size in fractions of the frame (``geometry_batch``);
+    ``None`` when fewer than half the frames show an object, even a faint one.
+    """
 
     colour: str | None
     shape: str | None
@@ -59,6 +76,9 @@ class OracleReading:
     quality: float
     cleanliness: float
     steadiness: float
+    x0: float | None = None
+    y0: float | None = None
+    size: float | None = None
 
     def correct(self, caption: Caption) -> dict[str, bool]:
         """Whether each attribute matches ``caption``: ``{"colour": ..., "shape": ..., "motion": ...}``."""
@@ -97,11 +117,13 @@ def oracle_batch(videos: Tensor) -> list[OracleReading]:
     cleanliness = _cleanliness(x, target)
     steadiness = _steadiness(area)
     quality = cleanliness * steadiness
+    geometry = geometry_batch(x)  # [B, 3]
 
     readings = []
     for b in range(B):
         ok = bool(found[b])
         moving = ok and int(sign[b]) != 0
+        x0, y0, size = (None if v != v else float(v) for v in geometry[b].tolist())  # NaN -> None
         readings.append(
             OracleReading(
                 colour=_PALETTE_NAMES[int(colour_idx[b])] if ok else None,
@@ -110,9 +132,44 @@ def oracle_batch(videos: Tensor) -> list[OracleReading]:
                 quality=float(quality[b]),
                 cleanliness=float(cleanliness[b]),
                 steadiness=float(steadiness[b]),
+                x0=x0,
+                y0=y0,
+                size=size,
             )
         )
     return readings
+
+
+def geometry_batch(videos: Tensor) -> Tensor:
+    """Start position and size ``[B, 3]`` = ``(x0, y0, size)`` in fractions of the frame, from videos
+    ``[B, T, 3, H, W]`` in [0, 1] (module docstring); NaN rows where fewer than half the frames show an object.
+    ``(x0, y0)`` locates the object's centroid (a triangle's lies r/3 below its box's centre); ``size`` is
+    ``sqrt(area / (H * W))`` of the soft area at half maximum, averaged over the frames that show the object."""
+    x = videos.detach().to("cpu", torch.float32).clamp(0, 1)
+    B, T, _, H, W = x.shape
+    b = x.amax(dim=2)  # [B, T, H, W]
+    contrast = (b - b.flatten(2).median(dim=-1).values[..., None, None]).clamp_min(0)
+    peak = contrast.amax(dim=(-2, -1), keepdim=True)  # [B, T, 1, 1]
+    level = contrast / peak.clamp_min(1e-6)  # the peak reads 1
+    weight = contrast * ((level >= 0.25) & (peak >= MIN_CONTRAST))
+    present = (weight > 0).sum(dim=(-2, -1)) >= MIN_AREA_FRACTION * H * W  # [B, T]
+    mass = weight.sum(dim=(-2, -1)).clamp_min(1e-12)
+    cx = (weight.sum(dim=2) * (torch.arange(W) + 0.5)).sum(dim=-1) / mass / W  # [B, T]
+    cy = (weight.sum(dim=3) * (torch.arange(H) + 0.5)).sum(dim=-1) / mass / H
+    size = ((2 * level - 0.5).clamp(0, 1).sum(dim=(-2, -1)) / (H * W)).sqrt()
+    w = present.float()
+    count = w.sum(dim=1).clamp_min(1)
+    t = torch.arange(T, dtype=torch.float32).expand(B, T)
+    t_mean = (w * t).sum(dim=1) / count
+    dt = (t - t_mean[:, None]) * w
+    denom = (dt**2).sum(dim=1).clamp_min(1e-6)
+    start = []
+    for c in (cx, cy):  # least-squares line c(t) = mean + v (t - t_mean), read at t = 0
+        mean = (w * c).sum(dim=1) / count
+        start.append(mean - (dt * c).sum(dim=1) / denom * t_mean)
+    out = torch.stack([*start, (w * size).sum(dim=1) / count], dim=1)
+    found = present.sum(dim=1) * 2 >= T
+    return torch.where(found[:, None], out, torch.full_like(out, float("nan")))
 
 
 def _colour(x: Tensor, mask: Tensor) -> Tensor:
