@@ -276,16 +276,19 @@ def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/toy/accvideo/m2_traj_adv/checkpoints/last.ckpt").is_file()
 
 
-def test_toy_dmd_recipe_through_the_cli(toy, tmp_path, monkeypatch):
-    """experiments/toy/dmd.yaml on accvideo.yaml: DMD2 alone, one student step and one fake-score-only step."""
+@pytest.mark.parametrize("fragments, run", [(["dmd.yaml"], "m2"), (["dmd.yaml", "dmd_traj.yaml"], "m2_traj")])
+def test_toy_dmd_recipe_through_the_cli(fragments, run, toy, tmp_path, monkeypatch):
+    """experiments/toy/dmd.yaml (+ dmd_traj.yaml) on accvideo.yaml: one student step, one fake-score-only step."""
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"), "--config",
-          str(ROOT / "experiments/toy/dmd.yaml"), f"--model.init_args.teacher={toy / 'teacher'}",
-          f"--data.init_args.root={toy / 'data'}", "--data.init_args.batch_size=2", "--trainer.max_steps=2",
-          "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
-    student = load_backbone(tmp_path / "runs/toy/dmd/m2/export")
+    configs = [arg for f in fragments for arg in ("--config", str(ROOT / "experiments/toy" / f))]
+    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"), *configs,
+          f"--model.init_args.teacher={toy / 'teacher'}", f"--data.init_args.root={toy / 'data'}",
+          "--data.init_args.batch_size=2", "--trainer.max_steps=2", "--trainer.logger=false",
+          "--trainer.enable_progress_bar=false"])
+    student = load_backbone(tmp_path / f"runs/toy/dmd/{run}/export")
     assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
-    saved = torch.load(tmp_path / "runs/toy/dmd/m2/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    saved = torch.load(tmp_path / f"runs/toy/dmd/{run}/checkpoints/last.ckpt", map_location="cpu",
+                       weights_only=True)
     assert saved["global_step"] == 2 and any(k.startswith("objectives.0.fake_score.") for k in saved["state_dict"])
