@@ -14,22 +14,19 @@ encoder, so a fit on the cache runs neither (:func:`~vdistill.objectives.consist
 
 from __future__ import annotations
 
-import bisect
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from vdistill.backbones.base import Backbone
 from vdistill.data.resumable import ResumableLoader, resumable_loader
 from vdistill.errors import UserError
 from vdistill.preprocess.cache import check_shard, corrupt, load_manifest, pad_tail, read_uncond
-from vdistill.synth.dataset import check_loader_args
-from vdistill.synth.shards import open_shard, settings_diff
+from vdistill.synth.dataset import ShardRows, check_loader_args
+from vdistill.synth.shards import settings_diff
 
 
 def check_teacher(manifest: dict, teacher: Backbone, root: str | Path = "cache") -> None:
@@ -46,7 +43,7 @@ def check_teacher(manifest: dict, teacher: Backbone, root: str | Path = "cache")
                         + "; ".join(d.replace("(folder)", "(cache)").replace("(now)", "(this teacher)") for d in diff))
 
 
-class LatentClipDataset(Dataset):
+class LatentClipDataset(ShardRows):
     """Teacher-encoded clips, one item per clip.
 
     Args:
@@ -62,6 +59,8 @@ class LatentClipDataset(Dataset):
     "shard": str (the shard file)}``. ``uncond``: the empty prompt's conditioning ``{key: [1, L, ...]}``.
     """
 
+    noun = "clip"
+
     def __init__(self, root: str | Path, teacher: Backbone | None = None, dtype: torch.dtype | None = None,
                  allow_partial: bool = False, max_open: int = 8, verify: bool = True) -> None:
         self.root = Path(root)
@@ -72,62 +71,27 @@ class LatentClipDataset(Dataset):
                             "); rerun the vdistill preprocess command to finish it")
         if teacher is not None:
             check_teacher(self.manifest, teacher, self.root)
-        self.settings = self.manifest["settings"]
-        self.shards = self.manifest["shards"]
-        self.offsets = [0]
-        for e in self.shards:
-            self.offsets.append(self.offsets[-1] + e["count"])
-        self.dtype = dtype
+        self._init_rows(self.manifest, dtype, max_open, verify)
         self.uncond = {k: self._cast(v) for k, v in read_uncond(self.root, self.manifest).items()}
-        self.max_open = max_open
-        self._open: OrderedDict[int, tuple[object, list[str]]] = OrderedDict()
-        # 1 = hashed in this process; shared memory survives the fork or spawn pickling of DataLoader workers
-        self._verified = torch.zeros(len(self.shards), dtype=torch.uint8).share_memory_() if verify else None
 
-    def __len__(self) -> int:
-        return self.offsets[-1]
+    def _check(self, path: Path, entry: dict, sha256: bool) -> None:
+        check_shard(path, entry, self.settings, sha256=sha256)
 
-    def __getstate__(self) -> dict:  # DataLoader workers open their own handles
-        return {**self.__dict__, "_open": OrderedDict()}
-
-    def _shard(self, k: int) -> tuple[object, list[str]]:
-        if k in self._open:
-            self._open.move_to_end(k)
-            return self._open[k]
-        entry = self.shards[k]
-        path = self.root / entry["file"]
-        hash_it = self._verified is not None and not self._verified[k]
-        check_shard(path, entry, self.settings, sha256=hash_it)
-        if hash_it:
-            self._verified[k] = 1
-        handle = open_shard(path)
+    def _prompts(self, handle, path: Path, entry: dict) -> list[str]:
         prompts = json.loads((handle.metadata() or {}).get("prompts", "null"))
         if not isinstance(prompts, list) or len(prompts) != entry["count"]:
             raise corrupt(path, f"its metadata does not list {entry['count']} captions")
-        self._open[k] = (handle, prompts)
-        if len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-        return handle, prompts
-
-    def _cast(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) if self.dtype is not None and x.is_floating_point() else x
+        return prompts
 
     def __getitem__(self, i: int) -> dict:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"clip {i} is out of range for {len(self)} clips")
-        i %= len(self)
-        k = bisect.bisect_right(self.offsets, i) - 1
-        handle, prompts = self._shard(k)
-        j = i - self.offsets[k]
-        row = {key: handle.get_slice(key)[j: j + 1] for key in handle.keys()}
+        k, _, prompt, row = self._row(i)
         bad = [key for key, v in row.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            raise corrupt(self.root / self.shards[k]["file"], f"non-finite {', '.join(bad)} in clip {i}")
+            raise corrupt(self.root / self.shards[k]["file"], f"non-finite {', '.join(bad)} in clip {i % len(self)}")
         text = {key: self._cast(pad_tail(row[f"text.{key}"], spec["shape"][0] if spec["shape"] else 0)[0])
                 for key, spec in self.settings["text"].items()}
-        return {"latents": self._cast(row["latents"][0]), "text": text, "prompt": prompts[j],
+        return {"latents": self._cast(row["latents"][0]), "text": text, "prompt": prompt,
                 "index": int(row["index"]), "row": int(row["row"]), "shard": str(self.root / self.shards[k]["file"])}
-
 
 class CollateClips:
     """Stack items into a batch: ``latents`` ``[B, C, T', H', W']``, ``text`` ``{key: [B, ...]}``, ``uncond``

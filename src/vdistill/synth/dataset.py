@@ -80,7 +80,71 @@ def check_held_out(train: TrajectoryDataset, val: TrajectoryDataset) -> list[str
     return []
 
 
-class TrajectoryDataset(Dataset):
+class ShardRows(Dataset):
+    """Rows of the safetensors shards a manifest lists, read lazily: one memory-mapped shard opened per request (the
+    ``max_open`` least recently used kept open), each shard checked against its manifest entry when first opened and
+    its sha256 compared once per training process (``verify``; the flags live in shared memory, so DataLoader workers
+    hash a shard once between them). Shared by :class:`TrajectoryDataset` and the latent cache's dataset; a subclass
+    gives :meth:`_check` (its format's shard check) and :meth:`_prompts` (the shard's prompts from its metadata)."""
+
+    noun = "sample"
+
+    def _init_rows(self, manifest: dict, dtype: torch.dtype | None, max_open: int, verify: bool) -> None:
+        self.settings = manifest["settings"]
+        self.shards = manifest["shards"]
+        self.offsets = [0]
+        for e in self.shards:
+            self.offsets.append(self.offsets[-1] + e["count"])
+        self.dtype = dtype
+        self.max_open = max_open
+        self._open: OrderedDict[int, tuple[object, list[str]]] = OrderedDict()
+        # 1 = hashed in this process; shared memory survives the fork or spawn pickling of DataLoader workers
+        self._verified = torch.zeros(len(self.shards), dtype=torch.uint8).share_memory_() if verify else None
+
+    def _check(self, path: Path, entry: dict, sha256: bool) -> None:
+        raise NotImplementedError
+
+    def _prompts(self, handle, path: Path, entry: dict) -> list[str]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getstate__(self) -> dict:  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def _shard(self, k: int) -> tuple[object, list[str]]:
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        entry = self.shards[k]
+        path = self.root / entry["file"]
+        hash_it = self._verified is not None and not self._verified[k]
+        self._check(path, entry, hash_it)
+        if hash_it:
+            self._verified[k] = 1
+        handle = open_shard(path)
+        prompts = self._prompts(handle, path, entry)
+        self._open[k] = (handle, prompts)
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return handle, prompts
+
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype) if self.dtype is not None and x.is_floating_point() else x
+
+    def _row(self, i: int) -> tuple[int, int, str, dict[str, Tensor]]:
+        """``(shard index, row in it, its prompt, {tensor name: [1, ...]})`` of item ``i``."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.noun} {i} is out of range for {len(self)} {self.noun}s")
+        i %= len(self)
+        k = bisect.bisect_right(self.offsets, i) - 1
+        handle, prompts = self._shard(k)
+        j = i - self.offsets[k]
+        return k, j, prompts[j], {key: handle.get_slice(key)[j: j + 1] for key in handle.keys()}
+
+
+class TrajectoryDataset(ShardRows):
     """Key points of teacher trajectories, one item per prompt.
 
     Args:
@@ -109,60 +173,26 @@ class TrajectoryDataset(Dataset):
                             "(or pass allow_partial=True)")
         if teacher is not None:
             check_teacher(self.manifest, teacher, self.root)
-        self.settings = self.manifest["settings"]
-        self.shards = self.manifest["shards"]
-        self.offsets = [0]
-        for e in self.shards:
-            self.offsets.append(self.offsets[-1] + e["count"])
+        self._init_rows(self.manifest, dtype, max_open, verify)
         self.keys = select_keys(self.settings["key_indices"], key_indices, self.root)
         self.all_keys = len(self.keys) == len(self.settings["key_indices"])
         self.timesteps = torch.tensor([self.settings["key_timesteps"][k] for k in self.keys], dtype=torch.float32)
-        self.dtype = dtype
-        self.max_open = max_open
-        self._open: OrderedDict[int, tuple[object, list[str]]] = OrderedDict()
-        # 1 = hashed in this process; shared memory survives the fork or spawn pickling of DataLoader workers
-        self._verified = torch.zeros(len(self.shards), dtype=torch.uint8).share_memory_() if verify else None
 
-    def __len__(self) -> int:
-        return self.offsets[-1]
+    def _check(self, path: Path, entry: dict, sha256: bool) -> None:
+        check_shard(path, entry, self.settings, sha256=sha256)
 
-    def __getstate__(self) -> dict:  # DataLoader workers open their own handles
-        return {**self.__dict__, "_open": OrderedDict()}
-
-    def _shard(self, k: int) -> tuple[object, list[str]]:
-        if k in self._open:
-            self._open.move_to_end(k)
-            return self._open[k]
-        entry = self.shards[k]
-        path = self.root / entry["file"]
-        hash_it = self._verified is not None and not self._verified[k]
-        check_shard(path, entry, self.settings, sha256=hash_it)
-        if hash_it:
-            self._verified[k] = 1
-        handle = open_shard(path)
-        prompts = json.loads(handle.metadata()["prompts"])
-        self._open[k] = (handle, prompts)
-        if len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-        return handle, prompts
-
-    def _cast(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) if self.dtype is not None and x.is_floating_point() else x
+    def _prompts(self, handle, path: Path, entry: dict) -> list[str]:
+        return json.loads(handle.metadata()["prompts"])
 
     def __getitem__(self, i: int) -> dict:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"sample {i} is out of range for {len(self)} samples")
-        i %= len(self)
-        k = bisect.bisect_right(self.offsets, i) - 1
-        handle, prompts = self._shard(k)
-        j = i - self.offsets[k]
-        row = {key: handle.get_slice(key)[j: j + 1][0] for key in handle.keys()}
+        k, _, prompt, row = self._row(i)
+        row = {key: v[0] for key, v in row.items()}
         self._check_finite(row, k)
         return {
             "latents": self._cast(row["latents"] if self.all_keys else row["latents"][list(self.keys)]),
             "text": {key[5:]: self._cast(v) for key, v in row.items() if key.startswith("text.")},
             "timesteps": self.timesteps.clone(),
-            "prompt": prompts[j],
+            "prompt": prompt,
             "seed": int(row["seeds"]),
             "index": int(row["index"]),
             "shard": str(self.root / self.shards[k]["file"]),
