@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from vdistill.errors import UserError
+from vdistill.synth import shards as synth_shards
 from vdistill.synth.shards import (
     ENTRY_FIELDS,
     MANIFEST,
@@ -44,7 +45,6 @@ from vdistill.synth.shards import (
     atomic_write_json,
     file_sha256,
     open_shard,
-    settings_diff,
     shard_name,
 )
 
@@ -185,27 +185,13 @@ def read_manifests(root: Path) -> list[tuple[Path, dict]]:
 def check_settings(root: Path, found: list[tuple[Path, dict]], settings: dict) -> None:
     """Refuse a folder whose manifests were written with other settings (another teacher, size, fps, captions
     file, ...), naming what differs, in one line."""
-    for path, data in found:
-        diff = settings_diff(data["settings"], settings)
-        if diff:
-            raise UserError(f"{str(root)!r} holds latents made by another teacher or with other settings "
-                            f"({path.name}): " + "; ".join(diff) + ". Use another output folder, or delete this one.")
+    synth_shards.check_settings(root, found, settings, what="latents")
 
 
 def union_entries(root: Path, found: list[tuple[Path, dict]]) -> dict[int, dict]:
-    """Completed shards by index over all manifests; two entries of one shard with different hashes (rewritten by
-    another rank after a change of world size) are resolved by hashing the file."""
-    entries: dict[int, dict] = {}
-    for _, data in found:
-        for e in data["shards"]:
-            old = entries.get(e["index"])
-            if old is not None and old["sha256"] != e["sha256"]:
-                actual = file_sha256(root / e["file"]) if (root / e["file"]).is_file() else None
-                if actual not in (old["sha256"], e["sha256"]):
-                    raise corrupt(root / e["file"], "its sha256 matches none of the manifests")
-                e = old if actual == old["sha256"] else e
-            entries[e["index"]] = e
-    return entries
+    """Completed shards by index over all manifests (:func:`vdistill.synth.shards.union_entries`, this format's
+    corruption message)."""
+    return synth_shards.union_entries(root, found, corrupt=corrupt)
 
 
 def build_manifest(settings: dict, entries: dict[int, dict], num_shards: int, dropped: list,
