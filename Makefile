@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean teachers teacher-table accvideo accvideo-synth accvideo-traj accvideo-adv critics \
-	turbo turbo-cd turbo-image turbo-video turbo-both turbo-both-small
+	turbo turbo-cd turbo-image turbo-video turbo-both turbo-both-small \
+	dmd dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj
 
 # The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
 # experiments/gpu/one_gpu.yaml: accelerator gpu, 4 data workers, throughput curves; synth and bench on cuda),
@@ -85,6 +86,24 @@ turbo-both-small: $(STAMP)
 	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both_small.yaml $(FIT_DEVICE)
 turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
+
+# DMD2 in the toy world (issue 16): 1-, 2- and 4-step DMD2 students, DMD2 + its GAN term and DMD2 + trajectory
+# guidance (300 student updates each, 1,500 global steps with fake_updates 5), then one ToyBench table with the
+# trajectory-guidance student (accvideo-traj) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
+# seeds, paired differences against the 50-step teacher (docs/results/dmd_toy.md). `make -j2 dmd` trains two at once.
+DMD_FIT := $(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/dmd.yaml
+dmd-m1: accvideo-synth
+	$(DMD_FIT) --config experiments/toy/dmd_1step.yaml $(FIT_DEVICE)
+dmd-m2: accvideo-synth
+	$(DMD_FIT) $(FIT_DEVICE)
+dmd-m4: accvideo-synth
+	$(DMD_FIT) --config experiments/toy/dmd_4step.yaml $(FIT_DEVICE)
+dmd-gan: accvideo-synth
+	$(DMD_FIT) --config experiments/toy/dmd_gan.yaml $(FIT_DEVICE)
+dmd-traj: accvideo-synth
+	$(DMD_FIT) --config experiments/toy/dmd_traj.yaml $(FIT_DEVICE)
+dmd: dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj accvideo-traj
+	$(VD) bench experiments/toy/dmd_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
 	rm -rf runs lightning_logs

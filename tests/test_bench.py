@@ -77,3 +77,31 @@ def test_bench_runs_only_the_named_rows(tiny_export, tmp_path):
         run([str(tmp_path / "rows.yaml"), "--rows", "a", "d"])
     with pytest.raises(UserError, match="reference row 'a'"):
         run([str(tmp_path / "rows.yaml"), "--rows", "b"])
+
+
+def test_bench_pairs_every_row_with_the_reference(tiny_export, tmp_path):
+    """Rows on the same prompts and seeds: a row that IS the reference (same model, steps) differs by exactly 0 +/- 0;
+    another row's difference and error are those of its per-video scores against the reference's, recomputed here
+    from the two rows' saved videos."""
+    from vdistill.world.toybench import METRICS, evaluate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left\na blue square moving up\na green triangle moving right\n")
+    spec = {"out": str(tmp_path / "out"), "prompts": str(prompts), "reference": "ref", "repeat": 2, "mp4": 0,
+            "rows": [{"name": "ref", "model": str(tiny_export), "steps": 3},
+                     {"name": "same", "model": str(tiny_export), "steps": 3},
+                     {"name": "other", "model": str(tiny_export), "steps": 1, "cfg": 1.0}]}
+    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
+    res = run([str(tmp_path / "rows.yaml")])
+    assert res["same"]["quality diff"] == 0.0 and res["same"]["quality diff se"] == 0.0
+    assert "quality diff" not in res["ref"] and res["ref"]["quality se"] >= 0.0
+    scored = {}
+    for row in ("ref", "other"):
+        data = np.load(tmp_path / "out" / "samples" / row / "videos.npz")
+        scored[row] = evaluate(data["videos"], [str(p) for p in data["prompts"]]).scores
+    for m in ("semantic", "quality"):
+        d = scored["other"][:, METRICS.index(m)] - scored["ref"][:, METRICS.index(m)]
+        assert res["other"][f"{m} diff"] == pytest.approx(d.mean())
+        assert res["other"][f"{m} diff se"] == pytest.approx(d.std(ddof=1) / np.sqrt(6))
+    table = (tmp_path / "out" / "toybench.md").read_text()
+    assert "quality vs ref" in table and f"{res['other']['quality diff']:+.3f} +/-" in table

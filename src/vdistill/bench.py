@@ -26,7 +26,10 @@ Each row's samples go to ``OUT/samples/<name>/`` (``videos.npz`` in the ``vdisti
 
 With toy prompts and ``repeat`` >= 2 each row has a ``diversity`` (:mod:`vdistill.world.toybench`): its spread of
 the object's start position and size over each prompt's seeds, over the ``reference`` row's (1.0 for that row by
-construction), or over rendered clips' when the file names no reference. ``toybench.json`` also keeps, per row,
+construction), or over rendered clips' when the file names no reference. With a ``reference`` each toy row also
+has ``semantic vs ref`` and ``quality vs ref``: its paired difference from the reference row, video for video on
+the same prompts and seeds, +/- its standard error (``toybench.json``: ``semantic diff``, ``semantic diff se``, and
+``semantic se``, the error of the row's own mean; the same for quality). ``toybench.json`` also keeps, per row,
 ``diversity se`` (its jackknife standard error over prompts), ``diversity reference`` (which one), ``diversity
 (data)`` and its ``se`` (against rendered clips, as ``vdistill sample`` reports it and each row's own
 ``toybench.json`` keeps it) and the ``spread`` itself; ``n/a`` (``null``) with ``repeat: 1``.
@@ -44,6 +47,7 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -55,12 +59,17 @@ from vdistill.sampling.command import SAMPLE_FILES, check_int, check_seed, write
 from vdistill.sampling.generate import generate, video_size
 from vdistill.world.toybench import (
     DATA_REFERENCE,
+    METRICS,
     Spread,
     data_spread,
     format_table,
+    paired_difference,
     relative_diversity,
     spread_of,
 )
+
+#: the metrics whose paired differences from the reference row the table shows
+PAIRED = ("semantic", "quality")
 
 #: what a row and, as the rows' default, the file may set about the model and its videos
 MODEL_KEYS = ("dtype", "frames", "height", "width")
@@ -143,6 +152,7 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
         check_replaceable(out / "samples" / row["name"], SAMPLE_FILES, f"samples folder of row {row['name']!r}")
     results: dict[str, dict] = {}
     spreads: dict[str, tuple[Spread | None, Spread | None]] = {}  # toy rows: (row's, rendered clips')
+    scores: dict[str, np.ndarray] = {}  # toy rows: per-video METRICS, for the paired differences
     with ExitStack() as staged:  # every row's folder is swapped in when all rows are written
         for row in rows:
             settings = row_settings(row, defaults)
@@ -156,10 +166,12 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
             gen = generate(model, prompt_list, steps=steps, cfg=cfg, guidance=row.get("guidance"), seed=seed,
                            batch_size=batch_size, num_frames=size[0], height=size[1], width=size[2])
             tmp = staged.enter_context(atomic_folder(out / "samples" / row["name"], SAMPLE_FILES))
-            overall = write_samples(gen, tmp, fps=model.defaults.fps, mp4=mp4, label=row["name"]) or {}
+            scored = write_samples(gen, tmp, fps=model.defaults.fps, mp4=mp4, label=row["name"])
+            overall = {} if scored is None else scored.overall
             results[row["name"]] = {**overall, "steps": steps, "cfg": cfg, "time (s)": gen.seconds,
                                     "model": str(row["model"])}
-            if overall:
+            if scored is not None:
+                scores[row["name"]] = scored.scores
                 T, _, H, W = gen.videos.shape[1:]
                 spreads[row["name"]] = spread_of(gen.videos, gen.prompts), data_spread(gen.prompts, T, H, W)
     if reference is not None:
@@ -167,13 +179,40 @@ def run_bench(rows: list[dict], out: str | Path, prompts: str = "toy", repeat: i
         for r in results.values():
             r["speed-up"] = base / r["time (s)"]
     note = add_diversity(results, spreads, reference)
-    hidden = {"model", "spread", "diversity se", "diversity reference", "diversity (data)", "diversity (data) se"}
+    paired = add_paired(results, scores, reference)
+    note = "\n\n".join(n for n in (note, paired) if n)
+    hidden = {"model", "spread", "diversity se", "diversity reference", "diversity (data)", "diversity (data) se",
+              *(f"{m} {k}" for m in PAIRED for k in ("diff", "diff se", "se"))}
     table = format_table({k: {c: v for c, v in r.items() if c not in hidden} for k, r in results.items()})
     table += f"\n\n{note}" if note else ""
     atomic_write_text(out / "toybench.md", table + "\n")
     atomic_write_text(out / "toybench.json", json.dumps(results, indent=2))
     print(table)
     return results
+
+
+def add_paired(results: dict[str, dict], scores: dict[str, np.ndarray], reference: str | None) -> str:
+    """Each toy row's ``semantic se`` / ``quality se`` (standard error of its mean over the videos) and, against the
+    ``reference`` row, the paired difference ``{metric} diff`` with its ``{metric} diff se`` (video for video: the
+    same prompts and seeds), shown as ``{metric} vs ref`` = ``+d +/- se``; return the table's note."""
+    if not scores:
+        return ""
+    for name, own in scores.items():
+        for m in PAIRED:
+            col = own[:, METRICS.index(m)]
+            results[name][f"{m} se"] = float(col.std(ddof=1) / np.sqrt(len(col))) if len(col) > 1 else 0.0
+    if reference is None or reference not in scores:
+        return ""
+    for name, own in scores.items():
+        if name == reference:
+            continue
+        for m in PAIRED:
+            d, se = paired_difference(own, scores[reference], m)
+            results[name][f"{m} diff"], results[name][f"{m} diff se"] = d, se
+            results[name][f"{m} vs ref"] = f"{d:+.3f} +/- {se:.3f}"
+    n = len(scores[reference])
+    return (f"vs ref: the paired difference from row {reference!r} over the same {n} prompts and seeds, video for "
+            "video, +/- its standard error (std / sqrt(n)).")
 
 
 def add_diversity(results: dict[str, dict], spreads: dict[str, tuple[Spread | None, Spread | None]],

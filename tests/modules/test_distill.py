@@ -276,9 +276,12 @@ def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/toy/accvideo/m2_traj_adv/checkpoints/last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("fragments, run", [(["dmd.yaml"], "m2"), (["dmd.yaml", "dmd_traj.yaml"], "m2_traj")])
-def test_toy_dmd_recipe_through_the_cli(fragments, run, toy, tmp_path, monkeypatch):
-    """experiments/toy/dmd.yaml (+ dmd_traj.yaml) on accvideo.yaml: one student step, one fake-score-only step."""
+@pytest.mark.parametrize("fragments, run, steps", [
+    (["dmd.yaml"], "m2", 2), (["dmd.yaml", "dmd_traj.yaml"], "m2_traj", 2), (["dmd.yaml", "dmd_gan.yaml"], "m2_gan", 2),
+    (["dmd.yaml", "dmd_1step.yaml"], "m1", 1), (["dmd.yaml", "dmd_4step.yaml"], "m4", 4)])
+def test_toy_dmd_recipe_through_the_cli(fragments, run, steps, toy, tmp_path, monkeypatch):
+    """experiments/toy/dmd.yaml (+ each fragment of `make dmd`) on accvideo.yaml: one student step, one
+    fake-score-only step; the export samples in the fragment's number of steps."""
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -288,7 +291,7 @@ def test_toy_dmd_recipe_through_the_cli(fragments, run, toy, tmp_path, monkeypat
           "--data.init_args.batch_size=2", "--trainer.max_steps=2", "--trainer.logger=false",
           "--trainer.enable_progress_bar=false"])
     student = load_backbone(tmp_path / f"runs/toy/dmd/{run}/export")
-    assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
+    assert student.defaults.steps == steps and student.defaults.cfg == 1.0
     saved = torch.load(tmp_path / f"runs/toy/dmd/{run}/checkpoints/last.ckpt", map_location="cpu",
                        weights_only=True)
     assert saved["global_step"] == 2 and any(k.startswith("objectives.0.fake_score.") for k in saved["state_dict"])

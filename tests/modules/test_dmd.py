@@ -16,6 +16,7 @@ from test_resume import KILL_AT, PROBE, assert_resumed_exactly, load, steps_run,
 
 from vdistill.backbones.io import load_backbone
 from vdistill.cli import main
+from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
 from vdistill.modules.fake_score import FakeScoreConfig
 from vdistill.modules.student import StudentConfig
@@ -142,3 +143,48 @@ def test_a_killed_dmd_run_resumes_exactly(world, tmp_path, monkeypatch):
     straight, resumed = load(tmp_path / "straight"), load(tmp_path / "killed")
     assert_resumed_exactly(straight, resumed)
     assert any(k.startswith("objectives.0.fake_score.net.") and "lora_" in k for k in resumed["state_dict"])
+
+
+def test_own_grid_students_train_on_a_two_step_set(tiny_world, tmp_path):
+    """``steps: 1`` and ``steps: 4`` on the 2-step set: the student keeps the schedule's own grid (the set gives
+    prompts and real samples), the checkpoint records that grid; with trajectory guidance, whose key points are the
+    set's, the mismatch is refused before training."""
+    for steps in (1, 4):
+        torch.manual_seed(0)
+        model = Distillation(str(tiny_world / "flow"), [DistributionMatching(fake_updates=1, steps=steps)], lr=1e-3)
+        grid = tuple(model.student.schedule.sampling_timesteps(steps).tolist())
+        fit(model, tiny_world, tmp_path, 1)
+        assert model.student.key_timesteps == grid and model.key_timesteps == grid
+        assert model.student.defaults.steps == steps
+    mixed = Distillation(str(tiny_world / "flow"), [DistributionMatching(steps=1), TrajectoryGuidance()])
+    with pytest.raises(UserError, match="trajectory set's are"):
+        fit(mixed, tiny_world, tmp_path, 1)
+
+
+def test_the_students_learning_rate_counts_its_own_updates(tiny_world, tmp_path):
+    """k = 3 with a 3-update warm-up: the student's rate rises at its own updates (global steps 0, 3, 6), the fake
+    score's at every step; with k = 1 both follow the global step."""
+    class Rates(L.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.rows.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+    rates = Rates()
+    dmd = DistributionMatching(fake_updates=3, fake_score=FakeScoreConfig(lr=1.0))
+    fit(Distillation(str(tiny_world / "flow"), [dmd], lr=1.0, warmup_steps=3), tiny_world, tmp_path, 7, [rates])
+    assert [round(r["fake_score"], 4) for r in rates.rows] == [round(min(1, (s + 1) / 3), 4) for s in range(7)]
+    student = [round(r["student"], 4) for r in rates.rows]
+    assert student[0] == student[1] == student[2] == round(1 / 3, 4)  # update 1 and the fake-only steps after it
+    assert student[3] == round(2 / 3, 4) and student[6] == 1.0  # updates 2 and 3
+
+
+def test_ddp_without_unused_parameters_is_refused_with_fake_only_steps(tiny_world):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    model = Distillation(str(tiny_world / "flow"), [DistributionMatching(fake_updates=5)])
+    with pytest.raises(UserError, match="ddp_find_unused_parameters_true"):
+        model._check_side_steps(DDPStrategy())
+    model._check_side_steps(DDPStrategy(find_unused_parameters=True))
+    Distillation(str(tiny_world / "flow"), [DistributionMatching(fake_updates=1)])._check_side_steps(DDPStrategy())

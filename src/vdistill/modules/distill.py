@@ -8,7 +8,8 @@ optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.obje
 fragments in ``experiments/strategies/`` say what each shards. Objectives with networks of their own (DMD's
 fake score: :mod:`vdistill.objectives.distribution_matching`) add their parameter group to the same AdamW; with a
 two time-scale update rule, the steps that train only those networks leave the student without gradient
-(``on_before_optimizer_step``), so under DDP use ``ddp_find_unused_parameters_true``; DeepSpeed keeps gradients of
+(``on_before_optimizer_step``), so under DDP use ``ddp_find_unused_parameters_true`` (plain DDP is refused at
+``setup``), and the student's learning-rate schedule counts its own updates; DeepSpeed keeps gradients of
 its own and is not covered by that guarantee. The consistency EMA target needs whole parameters: it is refused under
 FSDP and ZeRO-3.
 
@@ -63,6 +64,15 @@ def shards_parameters(strategy: object) -> bool:
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(getattr(strategy, "zero_stage_3", False))
 
 
+def _schedule_lambda(name: str, warmup: int, total: int):
+    """diffusers' ``get_scheduler(name)`` learning-rate factor as a function of the optimizer step (warm-up from 0,
+    then the decay to 0 at ``total``), taken from a scheduler built on a throwaway optimizer."""
+    from diffusers.optimization import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+
+
 class Distillation(ShardedGradientClipping, L.LightningModule):
     """Distil a frozen teacher into a few-step student with weighted objectives (AccVideo, T2V-Turbo, ...).
 
@@ -77,10 +87,12 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         disc_lr: AdamW learning rate of the discriminator heads.
         weight_decay: AdamW weight decay of both groups.
         betas: AdamW betas.
-        warmup_steps: linear learning-rate warm-up of both groups, in optimizer steps.
+        warmup_steps: linear learning-rate warm-up of every group, in that group's updates: the student's and the
+            discriminator's count the steps that update the student (with DMD's ``fake_updates: k``, every k-th
+            step), a fake score's every step.
         lr_schedule: after the warm-up, ``constant``, or ``linear`` / ``cosine``: a decay to 0 at the run's last
             step (``trainer.max_steps`` or ``max_epochs``; a run stopped earlier by ``max_time`` ends above 0), by
-            diffusers' ``get_scheduler`` (whose warm-up starts at 0).
+            diffusers' ``get_scheduler`` (whose warm-up starts at 0), counted as ``warmup_steps`` is.
         guidance: embedded guidance scale fed to a student with a guidance embedding (None: none).
         target_ema_decay: the consistency target network (``ConsistencyDistillation``): an EMA of the student's
             trainable weights with this decay (T2V-Turbo's paper: 0.95); None: the online student under no_grad
@@ -192,14 +204,54 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             check = getattr(obj, "check_strategy", None)
             if callable(check) and self._trainer is not None:
                 check(type(self.trainer.strategy).__name__, shards_parameters(self.trainer.strategy))
+        if self._trainer is not None:
+            self._check_side_steps(self.trainer.strategy)
         dataset = getattr(dm, "dataset", None)
         if isinstance(dataset, TrajectoryDataset):  # its held-out set was checked against it (check_held_out)
             check_teacher(dataset.manifest, self.teacher, dataset.root)
-            self.bind_key_timesteps(dataset.timesteps.tolist())
+            self._bind_data_grid(dataset.timesteps.tolist())
         if self._trainer is not None and not isinstance(getattr(dm, "val_dataset", None), TrajectoryDataset):
             # validation_step scores held-out trajectories only: no loop over other data's validation sets (e.g.
             # ToyVideos' rendered clips for consistency distillation), which it would iterate for nothing
             self.trainer.limit_val_batches = 0
+
+    def _own_grid(self) -> tuple[float, ...] | None:
+        """The student's key timesteps fixed by an objective (DMD's ``steps``: the schedule's own m-step grid), or
+        None when the data sets them."""
+        if any(getattr(obj, "steps", None) is not None for obj in self.objectives):
+            return tuple(self.student.key_timesteps)
+        return None
+
+    def _bind_data_grid(self, timesteps: list[float]) -> None:
+        """Adopt a trajectory set's key timesteps, unless an objective fixed the student's own grid (DMD's ``steps``)
+        and nothing reads the key points (no trajectory objective, no discriminator): then the set gives prompts and
+        real samples only, and the student keeps its grid (a 1- or 4-step student from a 2-step set)."""
+        own = self._own_grid()
+        needs_points = self.discriminator is not None or any("trajectory" in o.needs for o in self.objectives)
+        if own is None or needs_points:
+            if own is not None and tuple(float(t) for t in timesteps) != own:
+                ours, data = [round(t, 4) for t in own], [round(float(t), 4) for t in timesteps]
+                raise UserError(f"an objective's steps give the student the key timesteps {ours}, but the trajectory "
+                                f"set's are {data} and trajectory objectives read them: drop the steps or synthesise "
+                                "a set on that grid")
+            self.bind_key_timesteps(timesteps)
+        else:
+            self.key_timesteps = own
+
+    def _check_side_steps(self, strategy: object) -> None:
+        """Refuse DDP without ``find_unused_parameters`` when some steps leave the student without gradient (DMD's
+        fake-score-only steps): DDP would wait for the student's gradients at the next step and stop with
+        "Expected to have finished reduction in the prior iteration"."""
+        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+        if (isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
+                and not strategy._ddp_kwargs.get("find_unused_parameters", False)):
+            side = [o for o in self.objectives if getattr(o, "fake_updates", 1) > 1]
+            if side:
+                raise UserError(f"{type(side[0]).__name__}(fake_updates={side[0].fake_updates}) leaves the student "
+                                "without gradient on its fake-score-only steps, which DDP refuses unless it looks "
+                                "for unused parameters: use strategy ddp_find_unused_parameters_true, or "
+                                "fake_updates: 1")
 
     # -- training --------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distillation:
@@ -286,18 +338,25 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
                 groups.extend(obj.param_groups(hp.lr, tuple(hp.betas), hp.weight_decay))
         opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         schedule = hp.lr_schedule
+        if schedule == "constant" and hp.warmup_steps <= 0:
+            return opt
+        # the student's groups count the steps that update the student (a two time-scale rule updates it every k-th
+        # step: warm-up and decay then span its own updates), a side network's group every step
+        k = max((int(getattr(obj, "fake_updates", 1)) for obj in self.objectives), default=1)
         if schedule == "constant":
-            if hp.warmup_steps <= 0:
-                return opt
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+            warm = hp.warmup_steps
+            side_fn = lambda step: min(1.0, (step + 1) / warm)  # noqa: E731
+            student_fn = side_fn
         else:
-            from diffusers.optimization import get_scheduler
-
             total = self.trainer.estimated_stepping_batches  # optimizer steps of the whole run
             if not math.isfinite(total):
                 raise UserError(f"lr_schedule {schedule!r} decays to 0 at the run's last step: set "
                                 "trainer.max_steps (e.g. --trainer.max_steps 3000) or max_epochs")
-            sched = get_scheduler(schedule, opt, num_warmup_steps=hp.warmup_steps, num_training_steps=int(total))
+            side_fn = _schedule_lambda(schedule, hp.warmup_steps, int(total))
+            student_fn = _schedule_lambda(schedule, hp.warmup_steps, math.ceil(int(total) / k))
+        lambdas = [side_fn if g.get("name") in SIDE_GROUPS else (lambda step: student_fn(step // k))
+                   for g in groups]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs) -> None:

@@ -98,8 +98,10 @@ class DistributionMatching(Objective):
         gan_block: the fake score's feature block the head reads (negative counts from the end); None: the middle
             block, the nearest to DMD2's bottleneck.
         gan_hidden: channels of the head.
-        steps: with data that carries no key timesteps (video clips), train an ``steps``-step student on the
-            schedule's own grid; None: the trajectory data's key timesteps.
+        steps: train an ``steps``-step student on the schedule's own grid: with video clips (which carry no key
+            timesteps), or on a trajectory set whose key points nothing else reads (no trajectory objective, no
+            discriminator: e.g. a 1- or 4-step student from a 2-step set); None: the trajectory data's key
+            timesteps.
 
     Returns ``dmd``, ``fake_score`` (and ``gan_g``, ``gan_d``) and the diagnostics ``t`` (mean noise level of
     ``L_dmd``), ``step`` (the student step trained), ``real_acc`` / ``fake_acc`` (GAN head accuracy).

@@ -40,7 +40,7 @@ from vdistill.sampling.video_io import (
     write_mp4,
 )
 from vdistill.world.captions import parse_caption
-from vdistill.world.toybench import evaluate, format_table
+from vdistill.world.toybench import ToyBenchResult, evaluate, format_table
 
 #: what an output folder of ``vdistill sample`` (and of each ``vdistill bench`` row) holds
 SAMPLE_FILES = ("videos.npz", "mp4", "grid.gif", "toybench.json")
@@ -107,12 +107,12 @@ SIZE_FLAGS = "--frames/--height/--width"
 
 
 def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: str = "",
-                  npz: str = "auto") -> dict | None:
+                  npz: str = "auto") -> ToyBenchResult | None:
     """Write ``videos.npz`` (``npz``: auto, always, never; :func:`~vdistill.sampling.video_io.wants_npz`), mp4s of
     the first ``mp4`` videos, ``grid.gif`` (the first 48) and, when every prompt is a toy caption,
     ``toybench.json`` (scored from the videos in memory, with or without ``videos.npz``) into ``folder`` (in place:
-    callers pass the temporary folder of :func:`~vdistill.files.atomic_folder`). Returns the ToyBench overall row
-    (or ``None``)."""
+    callers pass the temporary folder of :func:`~vdistill.files.atomic_folder`). Returns the ToyBench result (its
+    ``overall`` row and per-video ``scores``), or ``None`` for prompts that are not toy captions."""
     if wants_npz(gen.videos, npz):
         save_npz(folder / "videos.npz", gen.videos, gen.prompts)
     elif npz == "auto":
@@ -127,12 +127,12 @@ def write_samples(gen: Generated, folder: Path, fps: int, mp4: int = 16, label: 
         res = evaluate(gen.videos, gen.prompts)
         payload = {"label": label, "seconds": gen.seconds, **res.to_json()}
         (folder / "toybench.json").write_text(json.dumps(payload, indent=2))
-        return res.overall
+        return res
     return None
 
 
 def write_outputs(gen: Generated, out: Path, fps: int, mp4: int = 16, label: str = "",
-                  npz: str = "auto") -> dict | None:
+                  npz: str = "auto") -> ToyBenchResult | None:
     """:func:`write_samples` into a temporary folder swapped in as ``out`` (module docstring)."""
     with atomic_folder(out, SAMPLE_FILES) as tmp:
         return write_samples(gen, tmp, fps, mp4=mp4, label=label, npz=npz)
@@ -156,7 +156,8 @@ def run(argv: list[str]) -> None:
     cfg = model.defaults.cfg if args.cfg is None else args.cfg
     gen = generate(model, prompts, steps=steps, cfg=cfg, guidance=args.guidance, seed=args.seed,
                    batch_size=args.batch_size, num_frames=size[0], height=size[1], width=size[2])
-    overall = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model, npz=args.npz)
+    result = write_outputs(gen, out, fps=model.defaults.fps, mp4=args.mp4, label=args.model, npz=args.npz)
+    overall = None if result is None else result.overall
     print(f"{len(prompts)} videos of {size[0]} x {size[1]} x {size[2]} from {args.model} ({steps} steps, cfg {cfg}, "
           f"{str(denoiser_dtype(model)).removeprefix('torch.')}) in {gen.seconds:.2f} s "
           f"({gen.seconds / len(prompts) * 1000:.1f} ms per video) -> {out}")

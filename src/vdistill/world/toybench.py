@@ -158,7 +158,8 @@ class ToyBenchResult:
     """``overall``: ``{colour, shape, motion, semantic, quality, diversity: float, n: int}`` (``diversity``
     ``None`` when undefined); ``per_prompt[prompt]``: the same but ``diversity``.
 
-    ``readings`` holds the oracle's reading of each video, in input order; ``spread`` the videos' spread,
+    ``readings`` holds the oracle's reading of each video, in input order, ``scores`` its ``METRICS`` ``[N, 5]``
+    (for paired comparisons: :func:`paired_difference`); ``spread`` the videos' spread,
     ``reference`` the reference's, named by ``reference_label``; ``diversity`` is ``Spread.diversity``'s
     ``{diversity, position, size}`` or ``None``, with the reason in ``undefined``.
     """
@@ -166,6 +167,7 @@ class ToyBenchResult:
     overall: dict[str, float | int | None]
     per_prompt: dict[str, dict[str, float | int]]
     readings: list[OracleReading] = field(default_factory=list, repr=False)
+    scores: np.ndarray | None = field(default=None, repr=False)
     spread: Spread | None = None
     reference: Spread | None = None
     reference_label: str = DATA_REFERENCE
@@ -217,9 +219,21 @@ class ToyBench:
             reference, reference_label = data_spread(prompts, x.shape[1], x.shape[3], x.shape[4]), DATA_REFERENCE
         diversity, undefined = relative_diversity(spread, reference)
         overall = {**_aggregate(scores), "diversity": diversity and diversity["diversity"]}
-        return ToyBenchResult(overall=overall, per_prompt=per_prompt, readings=readings, spread=spread,
+        return ToyBenchResult(overall=overall, per_prompt=per_prompt, readings=readings, scores=scores, spread=spread,
                               reference=reference, reference_label=reference_label or "given", diversity=diversity,
                               undefined=undefined)
+
+
+def paired_difference(scores: np.ndarray, base: np.ndarray, metric: str) -> tuple[float, float]:
+    """``(mean, standard error)`` of the per-video difference ``scores - base`` of one of ``METRICS``: two sets of
+    ``ToyBenchResult.scores`` ``[N, 5]`` of the same prompts and seeds, video for video (``vdistill bench`` rows).
+    Pairing removes what the prompt and the noise do to both, so the error is that of the difference itself:
+    ``std(d, ddof=1) / sqrt(N)`` (0 with one video)."""
+    if scores.shape != base.shape:
+        raise UserError(f"paired scores need the same videos: got {scores.shape[0]} and {base.shape[0]}")
+    d = scores[:, METRICS.index(metric)] - base[:, METRICS.index(metric)]
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se
 
 
 def relative_diversity(spread: Spread | None, reference: Spread | None) -> tuple[dict[str, float] | None, str | None]:
