@@ -8,12 +8,14 @@ from vdistill.cli import main
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """``(exit code, stdout, stderr)`` of ``vdistill ARGS``."""
-    sys.argv = ["vdistill", *args]
+    """``(exit code, stdout, stderr)`` of ``vdistill ARGS``; ``sys.argv`` is restored afterwards."""
+    saved, sys.argv = sys.argv, ["vdistill", *args]
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
     out = capsys.readouterr()
     return code, out.out, out.err

@@ -22,13 +22,19 @@ def test_list_shows_components_by_kind(capsys):
         assert word in out
 
 
-def test_print_config_of_the_teacher_recipe(capsys):
+def test_print_config_of_the_teacher_recipe(capsys, tmp_path):
     code, out, _ = run_cli(["fit", "--config", str(ROOT / "experiments/toy/teacher_flow.yaml"), "--print_config"],
                            capsys)
     cfg = yaml.safe_load(out)
     assert code == 0
     assert cfg["model"]["init_args"]["backbone"]["class_path"] == "vdistill.backbones.toy.ToyBackbone"
-    assert cfg["trainer"]["max_steps"] == 9000 and cfg["data"]["init_args"]["batch_size"] == 64
+    # the printed config is a complete one: it parses again, with the recipe's own values, without the recipe
+    recipe = yaml.safe_load((ROOT / "experiments/toy/teacher_flow.yaml").read_text())
+    assert cfg["trainer"]["max_steps"] == recipe["trainer"]["max_steps"]
+    again = tmp_path / "printed.yaml"
+    again.write_text(out)
+    code, out_again, _ = run_cli(["fit", "--config", str(again), "--print_config"], capsys)
+    assert code == 0 and yaml.safe_load(out_again) == cfg
 
 
 @pytest.mark.parametrize(

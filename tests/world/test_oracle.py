@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -100,8 +98,8 @@ def test_single_and_batch_agree_and_bad_shapes_raise() -> None:
         oracle_batch(videos[:, :, :2])
 
 
-def test_thousand_videos_score_in_seconds() -> None:
+def test_a_thousand_videos_score_in_one_batch_as_in_small_ones() -> None:
+    """The batched oracle reads a thousand videos at once (ToyBench's default batch) as it reads them 50 at a time:
+    nothing in the batch leaks into another video's reading."""
     videos = torch.cat([render_batch(CAPTIONS, s) for s in range(21)])[:1000]
-    start = time.perf_counter()
-    oracle_batch(videos)
-    assert time.perf_counter() - start < 10  # ~1 s on 2 busy cores; generous against shared machines
+    assert oracle_batch(videos) == [r for i in range(0, 1000, 50) for r in oracle_batch(videos[i:i + 50])]
