@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean teachers teacher-table accvideo accvideo-synth accvideo-traj accvideo-adv critics \
 	turbo turbo-cd turbo-image turbo-video turbo-both turbo-both-small \
-	dmd dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj
+	dmd dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj dmd-tg synvid-m2
 
 # The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
 # experiments/gpu/one_gpu.yaml: accelerator gpu, 4 data workers, throughput curves; synth and bench on cuda),
@@ -50,9 +50,10 @@ teacher-table: $(STAMP)
 # Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
 # one ToyBench table with measured speed-ups under runs/toy/accvideo/.
 # The fits also log their loss on 96 held-out trajectories (experiments/toy/heldout.yaml: val/trajectory).
-accvideo-synth: $(STAMP)
+synvid-m2: $(STAMP)
 	$(VD) synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
 		--out runs/toy/accvideo/synvid_m2 --device $(DEVICE)
+accvideo-synth: synvid-m2
 	$(VD) synth --model toy-flow --prompts toy --repeat 2 --seed 10000 --key-indices 0,25,50 --dtype float32 \
 		--out runs/toy/accvideo/synvid_m2_val --device $(DEVICE)
 accvideo-traj: accvideo-synth
@@ -88,21 +89,23 @@ turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # DMD2 in the toy world (issue 16): 1-, 2- and 4-step DMD2 students, DMD2 + its GAN term and DMD2 + trajectory
-# guidance (300 student updates each, 1,500 global steps with fake_updates 5), then one ToyBench table with the
-# trajectory-guidance student (accvideo-traj) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
+# guidance (200 student updates each, 1,000 global steps with fake_updates 5), then one ToyBench table with the
+# trajectory-guidance student (accvideo-traj's run) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
 # seeds, paired differences against the 50-step teacher (docs/results/dmd_toy.md). `make -j2 dmd` trains two at once.
 DMD_FIT := $(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/dmd.yaml
-dmd-m1: accvideo-synth
+dmd-m1: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd_1step.yaml $(FIT_DEVICE)
-dmd-m2: accvideo-synth
+dmd-m2: synvid-m2
 	$(DMD_FIT) $(FIT_DEVICE)
-dmd-m4: accvideo-synth
+dmd-m4: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd_4step.yaml $(FIT_DEVICE)
-dmd-gan: accvideo-synth
+dmd-gan: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd_gan.yaml $(FIT_DEVICE)
-dmd-traj: accvideo-synth
+dmd-traj: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd_traj.yaml $(FIT_DEVICE)
-dmd: dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj accvideo-traj
+dmd-tg: synvid-m2       # accvideo-traj without the held-out loss (and its second set)
+	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml $(FIT_DEVICE)
+dmd: dmd-traj dmd-m2 dmd-m1 dmd-tg dmd-gan dmd-m4
 	$(VD) bench experiments/toy/dmd_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
