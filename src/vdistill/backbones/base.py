@@ -72,6 +72,68 @@ def checkpoint_forward(module: nn.Module) -> None:
         module.forward = functools.partial(_checkpointed, module, type(module).forward)
 
 
+def _gather(videos: Tensor, frames: Tensor) -> Tensor:
+    """``videos[b, frames[b]]``: ``[B, T, ...]`` and ``[B, n]`` -> ``[B, n, ...]``."""
+    rows = torch.arange(videos.shape[0], device=videos.device)[:, None]
+    return videos[rows, frames.to(videos.device)]
+
+
+def checkpoint_marked_block(block: nn.Module, *args):
+    """A diffusers ``_gradient_checkpointing_func`` for selective checkpointing: the blocks marked
+    ``vdistill_checkpoint`` run under non-reentrant ``torch.utils.checkpoint`` (as diffusers' default function runs
+    every block), the others as plain calls. A module-level function, so a deep copy of the model keeps it."""
+    if getattr(block, "vdistill_checkpoint", False):
+        return checkpoint(block.__call__, *args, use_reentrant=False)
+    return block(*args)
+
+
+class OnDemand:
+    """Keep a frozen ``module`` on ``offload_device`` (the CPU) and bring it to the compute device only for its
+    forward calls: a forward pre-hook moves it there (and the call's tensors with it); with ``after_call`` a forward
+    hook sends it back at once (text encoders: their output needs no weights), else :meth:`release` does, once the
+    step's backward no longer needs the weights (critics scored with gradients).
+
+    Nothing moves until :attr:`compute_device` is set (the distillation module sets it at the start of a fit).
+    ``moves`` lists ``"in"`` / ``"out"`` in order: one ``module.to`` each.
+    """
+
+    def __init__(self, module: nn.Module, offload_device: str | torch.device = "cpu", after_call: bool = True) -> None:
+        self.module, self.offload_device = module, torch.device(offload_device)
+        self.compute_device: torch.device | None = None
+        self.resident = True  # where it was built: moved out by the first release()
+        self.moves: list[str] = []
+        module.vdistill_on_demand = self
+        module.register_forward_pre_hook(self._bring, with_kwargs=True)
+        if after_call:
+            module.register_forward_hook(lambda *_: self.release())
+
+    def _bring(self, _module: nn.Module, args: tuple, kwargs: dict):
+        if self.compute_device is None:
+            return None
+        if not self.resident:
+            self.module.to(self.compute_device)
+            self.resident = True
+            self.moves.append("in")
+        dev = self.compute_device
+        return torch.utils._pytree.tree_map_only(Tensor, lambda x: x.to(dev), (args, kwargs))
+
+    def release(self) -> None:
+        """Send the module back to the offload device (a no-op when it is there, or before a compute device)."""
+        if self.resident and self.compute_device is not None:
+            self.module.to(self.offload_device)
+            self.resident = False
+            self.moves.append("out")
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its :class:`OnDemand` compute device when it is held off the device between
+    calls, else where its parameters are."""
+    holder = getattr(module, "vdistill_on_demand", None)
+    if holder is not None and holder.compute_device is not None:
+        return holder.compute_device
+    return next(module.parameters()).device
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """The teacher's own sampling settings (steps, CFG scale, video size in pixels)."""
@@ -120,6 +182,39 @@ class Backbone(RecordsInit, nn.Module, ABC):
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Latents ``[B, C, T', H', W']`` -> pixels ``[B, T, 3, H, W]`` in [0, 1] (differentiable)."""
 
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Frames of the video :meth:`decode_latents` makes of ``latent_frames`` latent frames (the same number
+        unless the VAE compresses time: Wan's and HunyuanVideo's ``1 + 4k`` from ``1 + k``)."""
+        return latent_frames
+
+    def decode_frames(self, latents: Tensor, frames: Tensor) -> Tensor:
+        """Pixels ``[B, n, 3, H, W]`` in [0, 1] of the frames ``frames`` ``[B, n]`` (indices into the ``T`` of
+        ``decode_latents(latents)``, per video) of latents ``[B, C, T', h, w]``, differentiable: equal to
+        ``decode_latents(latents)[b, frames[b]]``, decoding no more than the family's VAE needs. Default: the whole
+        video, then the frames; families override it (:meth:`decode_frame_by_frame`,
+        :meth:`decode_causal_prefix`)."""
+        return _gather(self.decode_latents(latents), frames)
+
+    def decode_frame_by_frame(self, latents: Tensor, frames: Tensor) -> Tensor:
+        """:meth:`decode_frames` for a VAE that decodes each latent frame alone (pixel frame ``i`` is latent frame
+        ``i``: the toy's affine map, ModelScope's image VAE): each distinct ``(video, frame)`` pair is decoded once,
+        as a batch of one-frame videos."""
+        b, _, t = latents.shape[:3]
+        keys = (torch.arange(b, device=frames.device)[:, None] * t + frames).flatten()
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        single = latents.transpose(1, 2).flatten(0, 1)[unique.to(latents.device)].unsqueeze(2)  # [U, C, 1, h, w]
+        pixels = self.decode_latents(single)[:, 0]  # [U, 3, H, W]
+        return pixels[inverse.to(pixels.device)].unflatten(0, frames.shape)
+
+    def decode_causal_prefix(self, latents: Tensor, frames: Tensor, compression: int) -> Tensor:
+        """:meth:`decode_frames` for a causal video VAE with ``compression``-fold temporal compression (pixel frame 0
+        from latent frame 0, pixel frames ``1 + c(k-1) .. ck`` from latent frame ``k``): pixel frames depend on
+        their latent frame and the earlier ones only, so decoding the latents up to the last one needed gives the
+        same frames (the later latent frames are not decoded)."""
+        last = int(frames.max())
+        needed = 0 if last == 0 else (last - 1) // compression + 1
+        return _gather(self.decode_latents(latents[:, :, : needed + 1]), frames)
+
     @abstractmethod
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T', H', W')`` of the latents of a ``num_frames x height x width`` video."""
@@ -153,16 +248,34 @@ class Backbone(RecordsInit, nn.Module, ABC):
                             "implement feature_frames for this family")
         return out.transpose(1, 2)
 
-    def enable_gradient_checkpointing(self) -> None:
+    def enable_gradient_checkpointing(self, every: int = 1) -> None:
         """Recompute the denoiser's block activations in the backward pass (less memory, about one more forward of
         compute): the denoiser's own ``enable_gradient_checkpointing()`` where it has one that works (diffusers'
-        Wan transformer), else each of :meth:`feature_blocks` through :func:`checkpoint_forward` (the toy UNet;
-        diffusers' ``UNet3DConditionModel`` declares no support and its 3D blocks ignore the flag)."""
-        if getattr(self.denoiser, "_supports_gradient_checkpointing", False):
+        Wan and HunyuanVideo transformers), else each of :meth:`feature_blocks` through :func:`checkpoint_forward`
+        (the toy UNet; diffusers' ``UNet3DConditionModel`` declares no support and its 3D blocks ignore the flag).
+
+        Args:
+            every: selective activation checkpointing: only blocks ``0, k, 2k, ...`` of :meth:`feature_blocks`
+                (``k = every``) recompute, the others keep their activations: about ``1 / k`` of the recompute cost
+                for ``1 / k`` of the saving. A diffusers transformer keeps its own loop: its
+                ``_gradient_checkpointing_func`` (:func:`checkpoint_marked_block`) checkpoints the marked blocks
+                and calls the others plainly.
+        """
+        if every < 1:
+            raise UserError(f"checkpoint_every must be >= 1 (1: every block), got {every}")
+        supported = getattr(self.denoiser, "_supports_gradient_checkpointing", False)
+        if every == 1 and supported:
             self.denoiser.enable_gradient_checkpointing()
             return
-        for block in self.feature_blocks():
-            checkpoint_forward(block)
+        for i, block in enumerate(self.feature_blocks()):
+            if i % every:
+                continue
+            if supported:
+                block.vdistill_checkpoint = True  # an attribute: a deep copy (the student) keeps the choice
+            else:
+                checkpoint_forward(block)
+        if supported:
+            self.denoiser.enable_gradient_checkpointing(checkpoint_marked_block)
 
     def set_key_timesteps(self, timesteps: Sequence[float]) -> None:
         """Make a distilled student sample along its key timesteps (``len - 1`` steps, noisiest first) without

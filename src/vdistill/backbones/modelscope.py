@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vdistill.backbones.base import Backbone, SamplingDefaults, TextCond
+from vdistill.backbones.base import Backbone, SamplingDefaults, TextCond, execution_device
 from vdistill.backbones.diffusers_io import (
     check_model_folder,
     frozen_load_dtype,
@@ -127,7 +127,7 @@ class ModelScopeBackbone(Backbone):
             list(prompts), padding="max_length", max_length=self.max_text_length, truncation=True,
             return_tensors="pt",
         )
-        device = self.text_encoder.device
+        device = execution_device(self.text_encoder)
         mask = tokens.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
             else None
         states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
@@ -138,6 +138,11 @@ class ModelScopeBackbone(Backbone):
         # each step's noise frames first
         c, t, h, w = shape
         return torch.randn(t, c, h, w, generator=generator).transpose(0, 1)
+
+    def decode_frames(self, latents: Tensor, frames: Tensor) -> Tensor:
+        """Only the frames asked for: the image VAE decodes each latent frame alone (a reward's critics score a
+        few of the video's frames, T2V-Turbo)."""
+        return self.decode_frame_by_frame(latents, frames)
 
     # -- pixels <-> latents --------------------------------------------------------------------------------
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:

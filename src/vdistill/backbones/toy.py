@@ -226,6 +226,9 @@ class ToyBackbone(Backbone):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         return 3, num_frames, height, width
 
+    def decode_frames(self, latents: Tensor, frames: Tensor) -> Tensor:
+        return self.decode_frame_by_frame(latents, frames)
+
     def time_embedding(self) -> tuple[nn.Module, int]:
         return self.denoiser.time_embed, self.denoiser.time_embed.dim
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vdistill.backbones.base import Backbone, SamplingDefaults, TextCond
+from vdistill.backbones.base import Backbone, SamplingDefaults, TextCond, execution_device
 from vdistill.backbones.diffusers_io import check_model_folder, load_part, read_scheduler_config, resolve_dtype
 from vdistill.diffusion.schedules import FlowSchedule, NoiseSchedule
 from vdistill.errors import UserError
@@ -130,13 +130,21 @@ class WanBackbone(Backbone):
             [prompt_clean(p) for p in prompts], padding="max_length", max_length=self.max_text_length,
             truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
         )
-        device = self.text_encoder.device
+        device = execution_device(self.text_encoder)
         ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
         states = self.text_encoder(ids, mask).last_hidden_state
         keep = torch.arange(states.shape[1], device=device)[None, :] < mask.gt(0).sum(dim=1, keepdim=True)
         return {"states": states.masked_fill(~keep[..., None], 0.0)}
 
     # -- pixels <-> latents --------------------------------------------------------------------------------
+    def pixel_frames(self, latent_frames: int) -> int:
+        return 1 + self.vae.config.scale_factor_temporal * (latent_frames - 1)
+
+    def decode_frames(self, latents: Tensor, frames: Tensor) -> Tensor:
+        """The latents up to the last one the frames need (the causal 3D VAE: later latent frames do not change
+        earlier pixels), then the frames."""
+        return self.decode_causal_prefix(latents, frames, self.vae.config.scale_factor_temporal)
+
     def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean, 1 / std)`` shaped ``[1, C, 1, 1, 1]``, as the pipeline builds them."""
         cfg = self.vae.config

@@ -37,20 +37,23 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from vdistill.backbones.base import Backbone
+from vdistill.backbones.base import Backbone, OnDemand
+from vdistill.backbones.diffusers_io import resolve_dtype
 from vdistill.backbones.io import backbone_record, load_backbone
 from vdistill.errors import UserError
 from vdistill.modules.clipping import ShardedGradientClipping
 from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.ema import EMAWeights
 from vdistill.modules.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
-from vdistill.modules.student import StudentConfig, is_lora, make_student, teacher_reference
+from vdistill.modules.student import StudentConfig, hold_frozen_in, is_lora, make_student, teacher_reference
 from vdistill.objectives.base import Models, Objective, check_needs
 from vdistill.objectives.reward import build_critics, check_critic_names
 from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.synth.dataset import TrajectoryDataset, check_teacher
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+#: frozen parts ``offload`` can hold off the device between their uses
+OFFLOAD_PARTS = ("text_encoders", "critics")
 #: optimizer groups an objective trains on its own steps (DMD's fake score), while the student is not updated
 SIDE_GROUPS = ("fake_score",)
 # validation is optional here (a held-out set only when the data has one): no warning at every fit without it
@@ -62,6 +65,22 @@ def shards_parameters(strategy: object) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(getattr(strategy, "zero_stage_3", False))
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_settings(mode: str | None, backend: str) -> None:
+    """A one-line UserError for a torch.compile mode or backend that torch does not know (before anything loads)."""
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise UserError(f"compile_backend {backend!r} is not one of {backends}")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise UserError(f"compile_mode {mode!r} is not one of {list(COMPILE_MODES)}")
+    if mode is not None and backend != "inductor":
+        raise UserError(f"compile_mode {mode!r} is an inductor setting; compile_backend is {backend!r}")
 
 
 def _schedule_lambda(name: str, warmup: int, total: int):
@@ -101,6 +120,25 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             options, critic: registered name (default: name), grad_checkpointing: bool}}`` or a list of names
             (toy critics: their shipped weights); frozen, in eval mode, never saved in checkpoints (see
             :func:`~vdistill.objectives.reward.build_critics`).
+        frozen_dtype: hold every frozen weight in this dtype (``bfloat16``: half the bytes): the teacher, its text
+            encoders, a LoRA student's and a LoRA fake score's base weights, the critics; the trainable weights
+            (a full student, adapters, heads) are kept in float32 and the VAE in its configured dtype (``vae_dtype``:
+            float32 for Wan). Meant for ``trainer.precision: bf16-mixed``, which autocasts but keeps every parameter
+            in float32, frozen ones included. None: every weight as loaded (docs/speed.md).
+        compile: ``torch.compile`` the denoisers (student, teacher, a DMD fake score) in place
+            (``nn.Module.compile``: parameter names, checkpoints and exports are unchanged). The first steps
+            compile (minutes for a large model, one graph per variant: with and without gradient, each batch
+            shape); ``ThroughputMemory`` leaves every step that compiled out of its rates.
+        compile_mode: torch.compile's ``mode`` (``default``, ``reduce-overhead``, ``max-autotune``,
+            ``max-autotune-no-cudagraphs``); None: torch's default. Only with the ``inductor`` backend.
+        compile_backend: torch.compile's ``backend`` (``inductor``; ``aot_eager`` traces and runs the same graphs
+            without code generation: for debugging, and the CPU tests, where inductor's C++ build takes minutes).
+        offload: frozen parts held on ``offload_device`` between their uses (docs/speed.md): ``text_encoders``
+            (moved in for each ``encode_text`` call and out right after it: with pixel batches; never used with
+            trajectory or latent-cache batches, whose text is encoded), ``critics`` (moved in at a reward's first
+            scoring of the step, out after the optimizer step: their backward needs the weights). Each move is a
+            host-device copy of the weights; refused under strategies that shard parameters (FSDP, ZeRO-3).
+        offload_device: where offloaded parts wait (``cpu``).
 
     Data: trajectory key points (``TrajectoryData``) or real clips (consistency distillation), as the objectives
     need: ``(videos [B, T, 3, H, W], prompts)`` batches of a video datamodule (``VideoClips``, ``ToyVideos``), or the
@@ -124,6 +162,12 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         guidance: float | None = None,
         target_ema_decay: float | None = None,
         critics: dict[str, Any] | list[str] | None = None,
+        frozen_dtype: str | None = None,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+        offload: list[str] | None = None,
+        offload_device: str = "cpu",
     ) -> None:
         super().__init__()
         # plain values only: checkpoints stay loadable with torch.load(weights_only=True)
@@ -133,6 +177,12 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             raise UserError(f"lr_schedule {lr_schedule!r} is not one of {list(LR_SCHEDULES)}")
         if not objectives:
             raise UserError("model.objectives is empty: name at least one objective (e.g. TrajectoryGuidance)")
+        frozen = None if frozen_dtype is None else resolve_dtype(frozen_dtype)
+        if compile:
+            check_compile_settings(compile_mode, compile_backend)
+        bad = sorted(set(offload or ()) - set(OFFLOAD_PARTS))
+        if bad:
+            raise UserError(f"offload {bad} is not among {list(OFFLOAD_PARTS)}")
         self.teacher = load_backbone(teacher) if isinstance(teacher, str) else teacher
         self.teacher.requires_grad_(False).eval()
         self.objectives = nn.ModuleList(objectives)
@@ -151,6 +201,9 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
             bind = getattr(obj, "bind_teacher", None)  # objectives with networks of their own (DMD's fake score)
             if callable(bind):
                 bind(self.teacher)
+        if frozen is not None:  # before the EMA target copies the trainable weights (upcast to float32 here)
+            vaes = tuple(m for m in (getattr(self.teacher, "vae", None),) if m is not None)
+            hold_frozen_in(self, frozen, skip=vaes)
         self.target = None if target_ema_decay is None else EMAWeights(self.student, target_ema_decay)
         self._teacher_ref = teacher_reference(teacher)
         self.key_timesteps: tuple[float, ...] | None = None
@@ -158,6 +211,41 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         self._student_step = True  # whether the step in progress updates the student (see trains_student)
         # the frozen teacher is rebuilt from the config, not saved: resuming must not ask for its weights
         self.strict_loading = False
+        self._on_demand = self._hold_off_device(set(offload or ()), offload_device)
+        if compile:  # last: a deep copy of a compiled module would still call the original's compiled forward
+            for net in self.denoisers():
+                net.compile(backend=compile_backend, **({} if compile_mode is None else {"mode": compile_mode}))
+
+    def _hold_off_device(self, parts: set[str], device: str) -> list[OnDemand]:
+        """:class:`~vdistill.backbones.base.OnDemand` holders of the parts to offload (the student shares the
+        teacher's text encoders)."""
+        holders = []
+        if "text_encoders" in parts:
+            encoders = [m for name, m in self.teacher.named_children() if name.startswith("text_encoder")]
+            holders += [OnDemand(m, device, after_call=True) for m in encoders]
+        if "critics" in parts:
+            holders += [OnDemand(c, device, after_call=False) for c in self.critics.values()]
+        return holders
+
+    def on_fit_start(self) -> None:
+        """Offloaded parts leave the device the strategy moved the whole module to (once per fit)."""
+        if self._on_demand and shards_parameters(self.trainer.strategy):
+            raise UserError(f"offload needs whole modules to move, and {type(self.trainer.strategy).__name__} shards "
+                            "them: drop model.offload or use ddp / deepspeed_zero2")
+        for holder in self._on_demand:
+            holder.compute_device = self.device
+            holder.release()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        for holder in self._on_demand:  # after the optimizer step: the critics' backward is done
+            holder.release()
+
+    def denoisers(self) -> list[nn.Module]:
+        """The denoiser networks a step runs: the student's, the teacher's, and the objectives' own (DMD's fake
+        score)."""
+        nets = [self.student.denoiser, self.teacher.denoiser]
+        nets += [obj.fake_score.net.denoiser for obj in self.objectives if getattr(obj, "fake_score", None) is not None]
+        return nets
 
     def models(self) -> Models:
         """A fresh per-step bundle of the models (its cache shares the student's predictions between objectives)."""

@@ -37,6 +37,8 @@ class FakeScoreConfig:
         betas: AdamW betas of its group (None: the module's ``betas``).
         weight_decay: AdamW weight decay of its group (None: the module's ``weight_decay``; DMD2 0.01 for both).
         gradient_checkpointing: recompute its block activations in the backward pass.
+        checkpoint_every: with ``gradient_checkpointing``, only every k-th block (as the student's
+            :class:`~vdistill.modules.student.StudentConfig`).
     """
 
     mode: str = "full"
@@ -47,6 +49,7 @@ class FakeScoreConfig:
     betas: tuple[float, float] | None = None
     weight_decay: float | None = None
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 1
 
 
 class FakeScore(nn.Module):
@@ -64,7 +67,8 @@ class FakeScore(nn.Module):
                  gan_hidden: int = 64) -> None:
         super().__init__()
         self.net = make_student(teacher, config.mode, config.lora_rank, config.lora_alpha, config.target_modules,
-                                gradient_checkpointing=config.gradient_checkpointing)
+                                gradient_checkpointing=config.gradient_checkpointing,
+                                checkpoint_every=config.checkpoint_every)
         self.net.key_timesteps = None  # a denoiser at every noise level, not a few-step sampler
         self.head: DiscriminatorHead | None = None
         self.block: int | None = None

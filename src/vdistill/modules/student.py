@@ -45,6 +45,9 @@ class StudentConfig:
         guidance_embedding: add the trainable guidance-scale embedding (students fed an embedded guidance scale).
         gradient_checkpointing: recompute the student denoiser's block activations in the backward pass (less
             activation memory for about one more forward of compute; the frozen teacher is left as it is).
+        checkpoint_every: with ``gradient_checkpointing``, recompute only every k-th block (blocks ``0, k, 2k,
+            ...`` of the family's ``feature_blocks``; 1: all): selective activation checkpointing, a middle point
+            between memory and compute (:meth:`~vdistill.backbones.base.Backbone.enable_gradient_checkpointing`).
     """
 
     mode: str = "full"
@@ -53,6 +56,7 @@ class StudentConfig:
     target_modules: list[str] | str | None = None
     guidance_embedding: bool = False
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 1
 
 
 def default_lora_targets(model: Backbone) -> str:
@@ -138,7 +142,7 @@ def load_lora_state_dict(model: Backbone, state: dict[str, Tensor]) -> None:
 
 def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lora_alpha: float | None = None,
                  target_modules: list[str] | str | None = None, guidance_embedding: bool = False,
-                 gradient_checkpointing: bool = False) -> Backbone:
+                 gradient_checkpointing: bool = False, checkpoint_every: int = 1) -> Backbone:
     """A student made from ``teacher`` (see :class:`StudentConfig` for the arguments).
 
     The teacher's frozen parts (text encoder, VAE) are shared, not copied; the denoiser is a deep copy whose
@@ -147,7 +151,13 @@ def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lor
     """
     if mode not in ("full", "lora"):
         raise UserError(f"student mode {mode!r} is not known; choose 'full' or 'lora'")
+    if checkpoint_every != 1 and not gradient_checkpointing:
+        raise UserError(f"checkpoint_every: {checkpoint_every} selects the blocks gradient checkpointing recomputes: "
+                        "set gradient_checkpointing: true, or leave checkpoint_every at 1")
     student = copy.deepcopy(teacher, memo={id(m): m for m in teacher.frozen_parts()})
+    for module in student.modules():  # a compiled teacher's compiled call runs the TEACHER's module: not copied
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
     if student.guidance_proj is not None:
         # the copied forward hook still closes over the teacher: re-register it on the student
         module, _ = student.time_embedding()
@@ -164,7 +174,7 @@ def make_student(teacher: Backbone, mode: str = "full", lora_rank: int = 64, lor
     if mode == "lora":
         upcast_trainable(student)
     if gradient_checkpointing:
-        student.enable_gradient_checkpointing()
+        student.enable_gradient_checkpointing(checkpoint_every)
     return student.train()
 
 
@@ -177,6 +187,29 @@ def upcast_trainable(student: Backbone) -> None:
 
     if any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in student.parameters()):
         cast_training_params(student, dtype=torch.float32)
+
+
+def hold_frozen_in(module: nn.Module, dtype: torch.dtype, skip: tuple[nn.Module, ...] = ()) -> None:
+    """Keep ``module``'s frozen weights in ``dtype`` (bf16: half the bytes) and its trainable ones in float32, in
+    place: a sub-module with parameters none of which is trained is cast whole (``.to(dtype)``, floating buffers
+    included, as a pipeline's ``.to(torch.bfloat16)``); one with trainable parameters keeps its buffers and
+    parameter-free children (a full student's rotary tables) and gets each own frozen parameter cast, each
+    trainable one upcast to float32 (diffusers' ``cast_training_params``). Sub-modules in ``skip`` (a VAE kept in
+    its configured dtype) are left as they are."""
+    if any(module is m for m in skip):
+        return
+    params = list(module.parameters())
+    if not params:
+        return
+    if not any(p.requires_grad for p in params) and not any(m is s for m in module.modules() for s in skip):
+        module.to(dtype)
+        return
+    for p in module.parameters(recurse=False):
+        target = torch.float32 if p.requires_grad else dtype
+        if p.is_floating_point() and p.dtype != target:
+            p.data = p.data.to(target)
+    for child in module.children():
+        hold_frozen_in(child, dtype, skip)
 
 
 def student_from_adapter_checkpoint(ckpt: dict, source: str = "checkpoint") -> Backbone:

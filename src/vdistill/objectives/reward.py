@@ -18,6 +18,14 @@ Where the x0 prediction comes from (``source``):
   consistency distillation are reused) noised to a random time (one of the student's key timesteps when it has
   them) and denoised by the student once;
 * ``auto`` (default): the first of these the batch and cache allow.
+
+``decode_subset``: the VAE decodes only the frames the critics score (T2V-Turbo's image critics score 2-6 of 16
+frames). Each critic's frames are drawn first, as the critic itself draws them (same functions, same order of
+random draws), the family's :meth:`~vdistill.backbones.base.Backbone.decode_frames` decodes them, and each critic
+gets exactly its frames (a critic given its frame count of frames scores all of them, in order): the scores equal
+those of the whole decode. ModelScope's per-frame image VAE (and the toy's) decodes each needed frame once; Wan's
+causal 3D VAE decodes the latent frames up to the last one needed (later ones cannot change earlier pixels); for
+HunyuanVideo, whose VAE decode is not causal that way, the whole video is decoded and the frames picked.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from vdistill.critics.base import Critic
+from vdistill.critics.base import Critic, random_frame_indices, strided_frame_indices
 from vdistill.critics.registry import load_critic
 from vdistill.critics.toy import SHIPPED_CRITICS
 from vdistill.errors import UserError
@@ -119,6 +127,8 @@ class RewardFeedback(Objective):
         critics: ``{name: beta}``; each name is a critic the distillation module holds (``model.critics``).
         weight: multiplies the whole sum (the betas already weight each critic; keep 1).
         source: where the x0 prediction comes from: ``auto``, ``cache``, ``trajectory`` or ``videos``.
+        decode_subset: decode only the frames the critics score (module docstring): the same scores, a fraction
+            of the VAE decode's compute and activation memory.
 
     Returns ``reward_<name>`` = ``-beta * mean(score)`` per critic (the loss terms, logged as
     ``loss/reward_<name>``) and ``<name>`` = the mean score itself (logged as ``reward/<name>``).
@@ -127,7 +137,8 @@ class RewardFeedback(Objective):
     name = "reward"
     needs = frozenset({"critics"})
 
-    def __init__(self, critics: dict[str, float], weight: float = 1.0, source: str = "auto") -> None:
+    def __init__(self, critics: dict[str, float], weight: float = 1.0, source: str = "auto",
+                 decode_subset: bool = False) -> None:
         super().__init__(weight)
         if not critics:
             raise UserError("RewardFeedback.critics is empty: give {critic name: beta}, e.g. {toy-video: 1.0}")
@@ -135,22 +146,51 @@ class RewardFeedback(Objective):
             raise UserError(f"unknown reward source {source!r}; valid choices: {', '.join(SOURCES)}")
         self.betas = {str(name): float(beta) for name, beta in critics.items()}
         self.source = source
+        self.decode_subset = bool(decode_subset)
         self.critic_names = tuple(self.betas)
         self.loss_terms = tuple(f"reward_{name}" for name in self.betas)
 
     def forward(self, batch: Any, models: Models) -> dict[str, Tensor]:
         check_critic_names([self], models.critics or {})
         prompts = batch_prompts(batch)
-        pixels = models.student.decode_latents(student_x0(batch, models, self.source))  # [B, T, 3, H, W]
+        x0 = student_x0(batch, models, self.source)
+        if self.decode_subset:
+            videos = scored_frames(models.student, x0, {n: models.critics[n] for n in self.betas})
+        else:
+            pixels = models.student.decode_latents(x0)  # [B, T, 3, H, W]
+            videos = dict.fromkeys(self.betas, pixels)
         out: dict[str, Tensor] = {}
         for name, beta in self.betas.items():
-            score = models.critics[name](pixels, prompts)
+            score = models.critics[name](videos[name], prompts)
             out[f"reward_{name}"] = -beta * score.mean()
             out[name] = score.detach().mean()
         return out
 
     def extra_repr(self) -> str:
-        return f"critics={self.betas}, weight={self.weight:g}, source={self.source!r}"
+        return (f"critics={self.betas}, weight={self.weight:g}, source={self.source!r}"
+                + (", decode_subset=True" if self.decode_subset else ""))
+
+
+def critic_frame_indices(critic: Critic, batch: int, total: int, device: torch.device) -> Tensor:
+    """``[batch, n]`` indices of the frames ``critic`` scores in videos of ``total`` frames, drawn as its own
+    :meth:`~vdistill.critics.base.Critic.select_frames` draws them (random frames for image critics, strided ones
+    for video critics)."""
+    if not isinstance(critic, Critic):
+        raise UserError(f"decode_subset needs critics that say which frames they score; {type(critic).__name__} "
+                        "is not a vdistill Critic: set decode_subset: false")
+    pick = random_frame_indices if critic.kind == "image" else strided_frame_indices
+    return pick(batch, total, critic.frames, device)
+
+
+def scored_frames(student, x0: Tensor, critics: Mapping[str, Critic]) -> dict[str, Tensor]:
+    """``{critic name: pixels [B, n, 3, H, W]}``: the frames each critic scores, decoded from latents ``x0``
+    ``[B, C, T', h, w]`` by the student's :meth:`~vdistill.backbones.base.Backbone.decode_frames` in one call (the
+    critics' frames drawn in their order, before any decoding, as :meth:`RewardFeedback.forward` without
+    ``decode_subset`` draws them)."""
+    b, total = x0.shape[0], student.pixel_frames(x0.shape[2])
+    picks = {name: critic_frame_indices(critic, b, total, x0.device) for name, critic in critics.items()}
+    pixels = student.decode_frames(x0, torch.cat(list(picks.values()), dim=1))
+    return dict(zip(picks, pixels.split([p.shape[1] for p in picks.values()], dim=1)))
 
 
 def check_critic_names(objectives: Iterable[nn.Module], critics: Mapping[str, nn.Module]) -> None:
