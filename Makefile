@@ -42,7 +42,7 @@ teachers: $(STAMP)
 	cp runs/toy/teacher_flow/export/* src/vdistill/assets/toy-flow/
 	cp runs/toy/teacher_ddpm/export/* src/vdistill/assets/toy-ddpm/
 
-# The README's teacher table: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
+# The teacher table of docs/toy-world.md: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
 teacher-table: $(STAMP)
 	$(VD) bench experiments/toy/teachers_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retrain both toy teachers side by side on one GPU, then bench them (the README's teacher table).
+# Retrain both toy teachers side by side on one GPU, then bench them (the teacher table of docs/toy-world.md).
 #   source experiments/gpu/env.sh && bash experiments/gpu/teachers.sh [STEPS] [OUT_DIR]
 # STEPS: optimiser steps for each teacher (default: the recipes' max_steps). The shipped weights came from the
 # recipes' own max_steps; see BENCHMARKS.md for the run. Exports are copied into src/vdistill/assets/ of THIS

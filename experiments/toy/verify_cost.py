@@ -1,4 +1,4 @@
-"""What the per-shard checksum of ``TrajectoryData(verify=True)`` costs (README, "Security and integrity").
+"""What the per-shard checksum of ``TrajectoryData(verify=True)`` costs (docs/security.md).
 
     .venv/bin/python experiments/toy/verify_cost.py [--out runs/verify_cost] [--repeats 3]
 

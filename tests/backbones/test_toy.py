@@ -111,3 +111,22 @@ def test_mismatched_weights_name_the_keys(tmp_path):
     (tmp_path / "b" / "model.safetensors").replace(tmp_path / "m" / "model.safetensors")
     with pytest.raises(UserError, match=r"unexpected keys: \[denoiser\.down\.2"):
         load_backbone(tmp_path / "m")
+
+
+def test_the_shipped_2step_student_samples_from_a_fresh_install(tmp_path):
+    """``vdistill sample --model toy-flow-2step --prompts toy``: two steps without CFG, and on the same seeds its
+    videos beat the teacher's own at the same two steps (with CFG) on quality."""
+    import json
+
+    from vdistill.backbones.io import load_backbone, shipped_models
+    from vdistill.cli import main
+
+    assert "toy-flow-2step" in shipped_models()
+    student = load_backbone("toy-flow-2step")
+    assert student.defaults.steps == 2 and student.defaults.cfg == 1.0
+    scores = {}
+    for name, model in (("student", ["toy-flow-2step"]), ("teacher", ["toy-flow", "--steps", "2"])):
+        out = tmp_path / name
+        main(["sample", "--model", *model, "--prompts", "toy", "--seed", "10000", "--mp4", "0", "--out", str(out)])
+        scores[name] = json.loads((out / "toybench.json").read_text())["overall"]
+    assert scores["student"]["quality"] > scores["teacher"]["quality"]

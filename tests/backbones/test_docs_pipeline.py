@@ -1,6 +1,6 @@
-"""The README section "From a diffusers folder to a few-step pipeline", run as written on the tiny Wan2.1 folder:
-only the model path, the sizes, the device, the dtypes and the run length are replaced. The diffusers call of the
-README must give the video `vdistill sample` gives for the same prompt and seed."""
+"""The section "From a diffusers folder to a few-step pipeline" of docs/real-teachers.md, run as written on the
+tiny Wan2.1 folder: only the model path, the sizes, the device, the dtypes and the run length are replaced. The
+diffusers call of the page must give the video `vdistill sample` gives for the same prompt and seed."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## From a diffusers folder to a few-step pipeline"
 TEACHER = "/models/Wan2.1-T2V-1.3B-Diffusers"
 PROMPT = "a cat walks on the grass"
-# the tiny folder's size and the CPU for the README's 81 x 480 x 832 bf16 run on cuda
+# the tiny folder's size and the CPU for the page's 81 x 480 x 832 bf16 run on cuda
 SMALL = {"--frames 81": "--frames 5", "--height 480": "--height 32", "--width 832": "--width 32",
          "--model-dtype bfloat16": "--model-dtype float32", "--dtype bfloat16": "--dtype float32",
          "--device cuda": "--device cpu"}
 
 
 def blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "real-teachers.md").read_text()
     section = text[text.index(SECTION):]
     section = section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
@@ -66,14 +66,14 @@ def test_the_readme_commands_and_diffusers_call(wan_pipeline_dir, tmp_path, caps
     assert ran == ["synth", "fit", "export", "sample"]
     export = tmp_path / "runs/wan/accvideo/export"
     scheduler = json.loads((export / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler"  # the stock one, as the README prints
+    assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler"  # the stock one, as the page prints
 
     call = next(b for b in blocks("python") if "export_to_video(video" in b)
     call = call.replace("torch.bfloat16", "torch.float32").replace('.to("cuda")', "")
     call = call.replace("num_frames=81, height=480, width=832", "num_frames=5, height=32, width=32")
     call = localise(call, wan_pipeline_dir, tmp_path).replace('"cat.mp4"', f'"{tmp_path / "cat.mp4"}"')
     scope: dict = {}
-    exec(compile(call, "README.md", "exec"), scope)  # the README's own lines
+    exec(compile(call, "docs/real-teachers.md", "exec"), scope)  # the page's own lines
     assert (tmp_path / "cat.mp4").stat().st_size > 0
     ours = np.load(tmp_path / "runs/wan/accvideo/samples/videos.npz")["videos"][0]  # uint8 [T, H, W, 3]
     theirs = np.asarray(scope["video"])  # float [T, H, W, 3] in [0, 1]
