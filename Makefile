@@ -89,7 +89,8 @@ turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # DMD2 in the toy world (issue 16): 1-, 2- and 4-step DMD2 students, DMD2 + its GAN term and DMD2 + trajectory
-# guidance (200 student updates each, 1,000 global steps with fake_updates 5), then one ToyBench table with the
+# guidance (100 student updates each: 500 global steps with fake_updates 5; what a 2-core machine fits in a session),
+# the trajectory-guidance student (600 updates, no held-out set: dmd-tg), then one ToyBench table with the
 # trajectory-guidance student (accvideo-traj's run) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
 # seeds, paired differences against the 50-step teacher (docs/results/dmd_toy.md). `make -j2 dmd` trains two at once.
 DMD_FIT := $(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/dmd.yaml
