@@ -2,10 +2,12 @@
 
 1. **synth**: the shipped flow teacher's own trajectories (50 Euler steps + CFG 3), key points 0, 25, 50 only;
 2. **distil**: a 2-step student with trajectory guidance + adversarial alignment + reward feedback from the toy
-   critics (``experiments/toy/demo.yaml``), plus the callback fragments (EMA, video samples, ...);
-3. **bench**: teacher 50 steps + CFG, teacher at the student's 2 steps + CFG and the student, on the same prompts
-   and seeds, with the speed-ups measured in the same run. The seeds are held out: noise the trajectories (and so
-   the student) never used.
+   critics, an EMA of its weights and video samples (``vdistill/recipes/demo.yaml``, inside the package: an
+   installed vdistill runs its demo from any folder);
+3. **bench**: teacher 50 steps + CFG, teacher at the student's 2 steps + CFG, the shipped 2-step student
+   ``toy-flow-2step`` (the best one ``make dmd`` trained: what a longer distillation reaches) and the demo's own
+   student, on the same prompts and seeds, with the speed-ups and paired differences measured in the same run.
+   The seeds are held out: noise the trajectories (and so the students) never used.
 
 Everything goes under ``--out`` (default ``runs/demo``): ``synvid/`` (the trajectories), ``train/`` (TensorBoard
 logs, checkpoints, ``export/``), ``samples/<row>/`` (``videos.npz``, mp4s, ``grid.gif``), ``toybench.md``,
@@ -24,26 +26,27 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vdistill.backbones.io import load_backbone
+from vdistill.backbones.io import load_backbone, shipped_models
 from vdistill.bench import run_bench
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
 from vdistill.synth.writer import synthesize
 
-#: the repository's experiment and callback folders (the demo runs from a source checkout: `make demo`)
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "experiments" / "toy" / "demo.yaml"
-FRAGMENTS = ("ema.yaml", "video_samples.yaml")
+#: the demo's recipe, package data (``pip install .`` ships it)
+CONFIG = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
 TEACHER = "toy-flow"
+#: the shipped 2-step student the demo's own is compared with
+STUDENT = "toy-flow-2step"
 KEY_INDICES = (0, 25, 50)
 # The bench samples from noise the student never trained on: trajectory i uses seed ``seed + i``, the bench's
 # video i seed ``seed + max(HELD_OUT, number of trajectories) + i``.
 HELD_OUT = 10_000
 
 
-def train_args(out: Path, steps: int | None, fragments: list[Path]) -> list[str]:
-    """The ``vdistill fit`` arguments of the distillation stage, every path under ``out``."""
-    args = ["fit", "--config", str(CONFIG)]
+def train_args(out: Path, steps: int | None, fragments: list[Path], callbacks: bool = True) -> list[str]:
+    """The ``vdistill fit`` arguments of the distillation stage, every path under ``out``; ``callbacks=False``
+    drops the recipe's own (EMA, video samples)."""
+    args = ["fit", "--config", str(CONFIG)] + ([] if callbacks else ["--trainer.callbacks=[]"])
     for frag in fragments:
         args += ["--config", str(frag)]
     args += ["--trainer.default_root_dir", str(out / "train"), "--data.init_args.root", str(out / "synvid"),
@@ -75,23 +78,17 @@ def run(argv: list[str]) -> dict[str, dict]:
     p.add_argument("--repeat", type=int, default=1, help="trajectories per prompt")
     p.add_argument("--bench-repeat", type=int, default=1, help="videos per prompt in the table")
     p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the demo config's)")
-    p.add_argument("--no-callbacks", action="store_true", help=f"leave out callbacks/{{{','.join(FRAGMENTS)}}}")
+    p.add_argument("--no-callbacks", action="store_true", help="leave out the recipe's EMA and video samples")
     p.add_argument("--config", action="append", default=[], metavar="FRAGMENT",
                    help="a config fragment for the distillation, after the demo's own (repeatable), e.g. "
                         "experiments/toy/demo_paired.yaml")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if not CONFIG.is_file():
-        raise UserError(f"the demo runs from a source checkout: {CONFIG} is missing")
-    fragments = [] if args.no_callbacks else [ROOT / "callbacks" / f for f in FRAGMENTS]
-    missing = [str(f) for f in fragments if not f.is_file()]
-    if missing:
-        raise UserError(f"callback fragment(s) {missing} are missing (or pass --no-callbacks)")
     missing = [f for f in args.config if not Path(f).is_file()]
     if missing:
         raise UserError(f"--config fragment(s) {missing} do not exist")
-    fragments += [Path(f) for f in args.config]
+    fragments = [Path(f) for f in args.config]
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -111,7 +108,7 @@ def run(argv: list[str]) -> dict[str, dict]:
             from vdistill.lightning_cli import VDistillCLI
 
             last = out / "train" / "checkpoints" / "last.ckpt"
-            fit = train_args(out, args.max_steps, fragments)
+            fit = train_args(out, args.max_steps, fragments, callbacks=not args.no_callbacks)
             if last.is_file():  # a killed demo continues where it stopped
                 print(f"resuming from {last}")
                 fit += ["--ckpt_path", str(last)]
@@ -125,6 +122,7 @@ def run(argv: list[str]) -> dict[str, dict]:
     with _stage("3/3 bench: teacher vs student", times, out):
         rows = [{"name": "teacher_50steps_cfg", "model": TEACHER, "steps": 50},
                 {"name": "teacher_2steps_cfg", "model": TEACHER, "steps": 2},
+                *([{"name": "shipped_student_2steps", "model": STUDENT}] if STUDENT in shipped_models() else []),
                 {"name": "student_2steps", "model": str(export)}]
         held_out = args.seed + max(HELD_OUT, len(trajectories))
         results = run_bench(rows, out, args.prompts, args.bench_repeat, held_out, reference=rows[0]["name"])
