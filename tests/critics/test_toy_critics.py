@@ -155,8 +155,17 @@ def test_perturbed_prompts_change_zero_to_three_attributes():
     assert set(changed) == {0, 1, 2, 3}
 
 
-def test_ranks_average_ties():
-    assert report_mod._ranks(torch.tensor([3.0, 1.0, 3.0, 2.0]).numpy()).tolist() == [2.5, 0.0, 2.5, 1.0]
+def test_correlations_rank_ties_at_their_average():
+    """Spearman's rho is Pearson's r of the ranks, tied scores sharing their average rank (2.5 here); a constant
+    vector has no correlation."""
+    import numpy as np
+
+    scores, target = np.array([3.0, 1.0, 3.0, 2.0]), np.array([0.0, 1.0, 1.0, 0.5])
+    ranks = np.array([2.5, 0.0, 2.5, 1.0]), np.array([0.0, 2.5, 2.5, 1.0])
+    got = report_mod.correlations(scores, target)
+    assert got["spearman"] == pytest.approx(np.corrcoef(*ranks)[0, 1])
+    assert got["pearson"] == pytest.approx(np.corrcoef(scores, target)[0, 1])
+    assert np.isnan(report_mod.correlations(scores, np.ones(4))["spearman"])
 
 
 def test_report_command(tmp_path, capsys, monkeypatch):

@@ -62,21 +62,15 @@ def caption_ranking(critic: Critic, videos: Tensor, prompts: Sequence[str], batc
             "n": len(prompts)}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions), as Spearman's rho needs."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+def correlations(scores: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Pearson's r and Spearman's rho (ties at their average rank) of two score vectors, by torchmetrics; NaN when
+    either vector is constant (no correlation is defined)."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    if scores.std() == 0 or target.std() == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    a, b = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    return {"pearson": float(pearson_corrcoef(a, b)), "spearman": float(spearman_corrcoef(a, b))}
 
 
 @torch.no_grad()
@@ -86,7 +80,7 @@ def oracle_agreement(critic: Critic, videos: Tensor, prompts: Sequence[str], bat
                          for r, p in zip(evaluate(videos, prompts).readings, prompts)])
     scores = torch.cat([critic(v.to(critic.device), list(p)).cpu()
                         for v, p in zip(videos.split(batch_size), _chunks(prompts, batch_size))]).numpy()
-    return {"pearson": _pearson(scores, semantic), "spearman": _pearson(_ranks(scores), _ranks(semantic)),
+    return {**correlations(scores, semantic),
             "mean_score": float(scores.mean()), "mean_semantic": float(semantic.mean()), "n": len(prompts)}
 
 
