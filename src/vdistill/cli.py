@@ -77,6 +77,7 @@ COMMANDS = {
     "export": "vdistill.export",
     "critic-report": "vdistill.critics.report",
     "sweep": "vdistill.sweep",
+    "profile": "vdistill.profile.command",
 }
 
 
@@ -94,6 +95,7 @@ our commands:
   demo       the whole pipeline in the toy world: synth, distil (trajectory + adversarial + reward), bench
   critic-report  how well a critic ranks toy captions and tracks the oracle (toy critics)
   sweep      an ablation: a grid of config fragments, one fit each, one results table (resumable)
+  profile    a recipe's FLOPs and memory per rank at its real size, traced on the CPU without weights
 """
 
 

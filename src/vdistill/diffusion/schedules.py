@@ -198,8 +198,8 @@ class DDPMSchedule(NoiseSchedule):
             # come out n + 1 (n = 61), so keep the first n entries
             grid = torch.from_numpy(np.round(np.arange(T, 0, -T / n))[:n].copy()) - 1
         else:
-            grid = torch.arange(0, n, dtype=torch.float64).flip(0) * (T // n)
-        return torch.cat([grid, torch.tensor([-1.0], dtype=torch.float64)]).float()
+            grid = torch.arange(0, n, dtype=torch.float64, device="cpu").flip(0) * (T // n)
+        return torch.cat([grid, torch.tensor([-1.0], dtype=torch.float64, device="cpu")]).float()
 
     def sample_training_timesteps(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(0, self.num_train_timesteps, (batch,), generator=generator).float()
@@ -250,7 +250,8 @@ class FlowSchedule(NoiseSchedule):
     def sampling_timesteps(self, num_steps: int) -> Tensor:
         if num_steps < 1:
             raise UserError(f"num_steps must be >= 1, got {num_steps}")
-        return self.shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)).float()
+        # host values whatever the default device (a model built under ``torch.device("meta")`` reads them too)
+        return self.shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device="cpu")).float()
 
     def sample_training_timesteps(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(batch, generator=generator) * self.logit_normal_std + self.logit_normal_mean
