@@ -10,8 +10,10 @@ subclasses the package really defines, so a new component cannot be forgotten he
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
+from pathlib import Path
 
 from vdistill.errors import UserError
 
@@ -44,7 +46,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "TrajectoryGuidance": ("objectives", "vdistill.objectives.trajectory"),
     "Discriminator": ("discriminators", "vdistill.modules.discriminator"),
     "ToyVideos": ("datamodules", "vdistill.data.toy"),
-    "VideoClips": ("datamodules", "vdistill.data.videos"),
+    "VideoClips": ("datamodules", "vdistill.data.video_clips"),
     "LatentClips": ("datamodules", "vdistill.preprocess.dataset"),
     "TrajectoryData": ("datamodules", "vdistill.synth.dataset"),
     "EMA": ("callbacks", "vdistill.callbacks.ema"),
@@ -110,12 +112,24 @@ def components(kind: str | None = None) -> dict[str, list[tuple[str, str]]]:
     for key, (title, _, _) in KINDS.items():
         if kind in (None, key):
             names = sorted(n for n, (k, _) in COMPONENTS.items() if k == key)
-            out[title] = [(n, _summary(load(n))) for n in names]
+            out[title] = [(n, summary(n)) for n in names]
     if kind in (None, "critics"):
         out["critics (reward models, by name)"] = [(n, summary) for n, (_, summary) in CRITICS.items()]
     return out
 
 
-def _summary(cls: type) -> str:
-    doc = inspect.getdoc(cls) or ""
+def summary(name: str) -> str:
+    """The first line of component ``name``'s docstring, read from its module's source with ``ast`` (nothing is
+    imported: ``vdistill list`` stays fast); a module that is not a file of this package is imported."""
+    module = COMPONENTS[name][1]
+    parts = module.split(".")
+    root = Path(__file__).resolve().parent
+    source = next((f for f in (root.joinpath(*parts[1:]).with_suffix(".py"), root.joinpath(*parts[1:], "__init__.py"))
+                   if parts[0] == "vdistill" and f.is_file()), None)
+    if source is None:
+        doc = inspect.getdoc(load(name)) or ""
+    else:
+        tree = ast.parse(source.read_text())
+        cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+        doc = (ast.get_docstring(cls) if cls is not None else None) or inspect.getdoc(load(name)) or ""
     return doc.splitlines()[0] if doc else ""

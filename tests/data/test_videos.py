@@ -17,7 +17,8 @@ import yaml
 from video_helpers import H, W, coded_frames, frame_codes, write_video
 
 from vdistill.data.decode import ClipSpec, read_clip
-from vdistill.data.videos import VideoClipDataset, VideoClips
+from vdistill.data.video_clips import VideoClips
+from vdistill.data.videos import VideoClipDataset
 from vdistill.errors import UserError
 
 LOGGER = "vdistill.data.videos"

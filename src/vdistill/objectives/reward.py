@@ -34,7 +34,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from vdistill.critics.base import Critic, random_frame_indices, strided_frame_indices
@@ -233,6 +232,8 @@ def build_critics(specs: Mapping[str, Any] | Iterable[str] | None) -> nn.ModuleD
                                 f"{{{name}: {{checkpoint: path/to/official/file}}}}")
             opts["checkpoint"] = "shipped"
         if opts["checkpoint"] is None:
+            from lightning.pytorch.utilities import rank_zero_warn  # only here: building critics needs no Lightning
+
             rank_zero_warn(f"critic {name!r} has no checkpoint: random weights (only useful in tests)")
         critic = load_critic(registered, **opts)
         if checkpointing:

@@ -215,8 +215,9 @@ class ToyBench:
         per_prompt = {prompt: _aggregate(scores[rows]) for prompt, rows in groups.items()}
         geometry = [(r.x0, r.y0, r.size) if r.size is not None else (math.nan,) * 3 for r in readings]
         spread = measure_spread(np.array(geometry, dtype=np.float64).reshape(-1, 3), prompts)
-        if reference is None:
-            reference, reference_label = data_spread(prompts, x.shape[1], x.shape[3], x.shape[4]), DATA_REFERENCE
+        if reference is None:  # the rendered clips' spread; not rendered when this set has none to compare
+            reference_label = DATA_REFERENCE
+            reference = data_spread(prompts, x.shape[1], x.shape[3], x.shape[4]) if spread is not None else None
         diversity, undefined = relative_diversity(spread, reference)
         overall = {**_aggregate(scores), "diversity": diversity and diversity["diversity"]}
         return ToyBenchResult(overall=overall, per_prompt=per_prompt, readings=readings, scores=scores, spread=spread,
