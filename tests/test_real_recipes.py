@@ -57,8 +57,8 @@ def family(cfg: dict) -> str:
 
 def test_every_family_has_its_recipes():
     names = {str(p.relative_to(ROOT / "experiments")) for p in RECIPES}
-    assert {"wan/accvideo_1.3b.yaml", "wan/accvideo_14b.yaml", "wan/turbo_1.3b.yaml", "modelscope/turbo.yaml",
-            "hunyuan/accvideo.yaml"} <= names
+    assert {"wan/accvideo_1.3b.yaml", "wan/accvideo_14b.yaml", "wan/turbo_1.3b.yaml", "wan/dmd_1.3b.yaml",
+            "modelscope/turbo.yaml", "hunyuan/accvideo.yaml"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
