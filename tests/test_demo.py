@@ -17,7 +17,8 @@ def test_demo_pipeline_end_to_end_and_rerun(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["--out", str(out), "--prompts", str(prompts), "--repeat", "2", "--bench-repeat", "1", "--max-steps", "2"]
     results = run(args)
-    assert list(results) == ["teacher_50steps_cfg", "teacher_2steps_cfg", "student_2steps"]
+    assert list(results) == ["teacher_50steps_cfg", "teacher_2steps_cfg", "shipped_student_2steps", "student_2steps"]
+    assert results["shipped_student_2steps"]["steps"] == 2 and results["shipped_student_2steps"]["cfg"] == 1.0
     assert results["student_2steps"]["steps"] == 2 and results["student_2steps"]["cfg"] == 1.0
     assert results["student_2steps"]["speed-up"] > 1.0
     for row in results:

@@ -36,7 +36,8 @@ from vdistill.config import from_config, to_config
 from vdistill.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"toy-flow": ASSETS / "toy-flow", "toy-ddpm": ASSETS / "toy-ddpm"}
+#: the shipped toy teachers and the best 2-step student of toy-flow (its recipe: assets/toy-flow-2step/TRAINED.md)
+SHIPPED = {name: ASSETS / name for name in ("toy-flow", "toy-ddpm", "toy-flow-2step")}
 CKPT_PREFIXES = ("student.", "backbone.")
 
 
