@@ -94,7 +94,8 @@ class AdversarialAlignment(Objective):
             m-step chain from FRESH noise (detached between steps), so the fake at the clean key point is a sample
             as users get it, from noise the trajectory set does not hold. Why: on a small trajectory set the student
             reproduces its training trajectories almost exactly, and the paired fakes of ``teacher_keys`` give the
-            heads nothing to see (measured in the toy world, docs/results/accvideo_toy.md). Costs one student forward per key point.
+            heads nothing to see (measured in the toy world, docs/results/accvideo_toy.md). Costs one student
+            forward per key point.
 
     Returns ``adv_g`` and ``adv_d`` (mean over key timesteps) and the diagnostics ``real_acc`` / ``fake_acc``
     (fraction of real / current fake samples the heads classify right) and ``real_logit`` / ``fake_logit``.

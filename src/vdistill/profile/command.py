@@ -109,12 +109,13 @@ def _profile(args: argparse.Namespace) -> dict:
     if len(setup.critics):
         counts["critics"] = sum(p.numel() for p in setup.critics.parameters())
     block = largest_block(setup.teacher.denoiser)
+    sizes = {id(p): p.element_size() for p in params}  # as trained: mixed precision keeps each parameter's dtype
     cast_for_precision(setup)
     step = trace_step(setup)
     side = None
     if any(callable(getattr(o, "trains_student", None)) and not o.trains_student(1) for o in setup.objectives):
         side = trace_step(setup, student_step=False)
-    mem = per_rank(recipe, params, devices, step.activations, block, ema)
+    mem = per_rank(recipe, params, devices, step.activations, block, ema, sizes)
     mem.activations_no_checkpointing = step.activations_no_checkpointing
     teacher_video, student_video = trace_videos(setup)
     s = setup.shape

@@ -69,15 +69,18 @@ def largest_block(module: nn.Module) -> int:
 
 
 def per_rank(recipe: Recipe, params: list[nn.Parameter], devices: int, activations: float,
-             block_params: int, ema_bytes: float = 0.0) -> Memory:
+             block_params: int, ema_bytes: float = 0.0, sizes: dict[int, int] | None = None) -> Memory:
     """Resident bytes per rank of ``params`` (each once, with its ``requires_grad`` and dtype) under the recipe's
-    strategy on ``devices`` ranks, plus ``activations``."""
+    strategy on ``devices`` ranks, plus ``activations``. ``sizes``: bytes per element by ``id(param)``, as the
+    parameters are held in training (before the trace's cast to the autocast dtype: ``bf16-mixed`` keeps each
+    parameter in its own dtype); default their current element size."""
     frozen = [p for p in params if not p.requires_grad]
     trained = [p for p in params if p.requires_grad]
+    size = (lambda p: sizes.get(id(p), p.element_size())) if sizes else (lambda p: p.element_size())
     n_all = sum(p.numel() for p in params)
     n_trained = sum(p.numel() for p in trained)
-    own_bytes = sum(p.numel() * p.element_size() for p in params)
-    trained_bytes = sum(p.numel() * p.element_size() for p in trained)
+    own_bytes = sum(p.numel() * size(p) for p in params)
+    trained_bytes = sum(p.numel() * size(p) for p in trained)
     half = recipe.precision.startswith(("bf16", "16"))
     strategy = recipe.strategy
     if strategy == "deepspeed":

@@ -163,6 +163,14 @@ def build(recipe: Recipe, opts: dict, device: str = "meta") -> Setup:
 
             with kept_on_meta() if device == "meta" else contextlib.nullcontext(), quiet_random_critics():
                 critics = build_critics(_critic_specs(recipe.critics))
+    frozen_dtype = recipe.model_args.get("frozen_dtype")
+    if frozen_dtype is not None:  # as Distillation: frozen weights in that dtype, trainable ones in float32
+        from vdistill.backbones.diffusers_io import resolve_dtype
+        from vdistill.modules.student import hold_frozen_in
+
+        vae = getattr(teacher, "vae", None)
+        hold_frozen_in(nn.ModuleList([teacher, student, *objectives, critics]), resolve_dtype(frozen_dtype),
+                       skip=() if vae is None else (vae,))
     own_grid = any(getattr(o, "steps", None) is not None for o in objectives)  # DMD's `steps`: its own grid
     reads_points = disc is not None or any("trajectory" in o.needs for o in objectives)
     if kind == "trajectory" and (reads_points or not own_grid):  # as Distillation._bind_data_grid
@@ -232,8 +240,11 @@ def make_batch(setup: Setup) -> dict:
     if setup.data_kind == "latents":
         return {"latents": torch.zeros(s.batch, c, lt, lh, lw, device=setup.device), "text": text,
                 "uncond": t.encode_text([""]), "prompts": prompts}
-    k = len(s.key_indices)
-    times = torch.tensor(setup.student.key_timesteps, device=setup.device).expand(s.batch, k)
+    k = len(s.key_indices)  # the set's key points (a DMD student with its own grid reads only their prompts)
+    from vdistill.diffusion.schedules import timesteps_at
+
+    grid = timesteps_at(t.schedule.sampling_timesteps(s.steps), list(s.key_indices))
+    times = grid.to(setup.device).expand(s.batch, k)
     return {"latents": torch.zeros(s.batch, k, c, lt, lh, lw, device=setup.device), "timesteps": times, "text": text,
             "prompts": prompts}
 
