@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +81,7 @@ def check_held_out(train: TrajectoryDataset, val: TrajectoryDataset) -> list[str
     return []
 
 
-class ShardRows(Dataset):
+class ShardRows(Dataset, ABC):
     """Rows of the safetensors shards a manifest lists, read lazily: one memory-mapped shard opened per request (the
     ``max_open`` least recently used kept open), each shard checked against its manifest entry when first opened and
     its sha256 compared once per training process (``verify``; the flags live in shared memory, so DataLoader workers
@@ -101,11 +102,13 @@ class ShardRows(Dataset):
         # 1 = hashed in this process; shared memory survives the fork or spawn pickling of DataLoader workers
         self._verified = torch.zeros(len(self.shards), dtype=torch.uint8).share_memory_() if verify else None
 
+    @abstractmethod
     def _check(self, path: Path, entry: dict, sha256: bool) -> None:
-        raise NotImplementedError
+        """Refuse a shard whose file does not match its manifest entry (its sha256 too when ``sha256``)."""
 
+    @abstractmethod
     def _prompts(self, handle, path: Path, entry: dict) -> list[str]:
-        raise NotImplementedError
+        """The prompts of an open shard's rows."""
 
     def __len__(self) -> int:
         return self.offsets[-1]
