@@ -37,19 +37,19 @@ demo: $(STAMP)
 # Retrain the shipped toy teachers and copy the exports into the package. The shipped weights: one H100, both
 # side by side (`source experiments/gpu/env.sh && bash experiments/gpu/teachers.sh`), 9,000 steps in ~6 min.
 teachers: $(STAMP)
-	$(VD) fit --config experiments/toy/teacher_flow.yaml $(FIT_DEVICE)
-	$(VD) fit --config experiments/toy/teacher_ddpm.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/teachers/teacher_flow.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/teachers/teacher_ddpm.yaml $(FIT_DEVICE)
 	cp runs/toy/teacher_flow/export/* src/vdistill/assets/toy-flow/
 	cp runs/toy/teacher_ddpm/export/* src/vdistill/assets/toy-ddpm/
 
 # The teacher table of docs/toy-world.md: both shipped teachers at 50, 8, 4, 2 and 1 steps (4 videos per toy prompt).
 teacher-table: $(STAMP)
-	$(VD) bench experiments/toy/teachers_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
+	$(VD) bench experiments/toy/teachers/teachers_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # AccVideo in the toy world (issue 3): synthesise the flow teacher's trajectories (key points 0, 25, 50 of 50
 # Euler + CFG steps), distil 2-step students with trajectory guidance alone and + adversarial alignment, then
 # one ToyBench table with measured speed-ups under runs/toy/accvideo/.
-# The fits also log their loss on 96 held-out trajectories (experiments/toy/heldout.yaml: val/trajectory).
+# The fits also log their loss on 96 held-out trajectories (experiments/toy/accvideo/heldout.yaml: val/trajectory).
 synvid-m2: $(STAMP)
 	$(VD) synth --model toy-flow --prompts toy --repeat 8 --key-indices 0,25,50 --dtype float32 \
 		--out runs/toy/accvideo/synvid_m2 --device $(DEVICE)
@@ -57,16 +57,16 @@ accvideo-synth: synvid-m2
 	$(VD) synth --model toy-flow --prompts toy --repeat 2 --seed 10000 --key-indices 0,25,50 --dtype float32 \
 		--out runs/toy/accvideo/synvid_m2_val --device $(DEVICE)
 accvideo-traj: accvideo-synth
-	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml \
-		--config experiments/toy/heldout.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/accvideo/accvideo_traj_only.yaml \
+		--config experiments/toy/accvideo/heldout.yaml $(FIT_DEVICE)
 accvideo-adv: accvideo-synth
-	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/heldout.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/accvideo/heldout.yaml $(FIT_DEVICE)
 accvideo: accvideo-traj accvideo-adv
-	$(VD) bench experiments/toy/accvideo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
+	$(VD) bench experiments/toy/accvideo/accvideo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # The toy critics (toy-image, toy-video), trained contrastively on the toy world and copied into the package.
 critics: $(STAMP)
-	$(VD) fit --config experiments/toy/critics.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/critics/critics.yaml $(FIT_DEVICE)
 	mkdir -p src/vdistill/assets/critics
 	cp runs/toy/critics/export/toy-*.safetensors src/vdistill/assets/critics/
 	$(VD) critic-report --critic toy-image
@@ -76,38 +76,38 @@ critics: $(STAMP)
 # with image, video and both toy rewards (T2V-Turbo's betas, and both at 1/100 of them), then one ToyBench table
 # (students at 4 and 2 steps) under runs/toy/turbo/.
 turbo-cd: $(STAMP)
-	$(VD) fit --config experiments/toy/turbo.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/turbo/turbo.yaml $(FIT_DEVICE)
 turbo-image: $(STAMP)
-	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_image.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_image.yaml $(FIT_DEVICE)
 turbo-video: $(STAMP)
-	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_video.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_video.yaml $(FIT_DEVICE)
 turbo-both: $(STAMP)
-	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_both.yaml $(FIT_DEVICE)
 turbo-both-small: $(STAMP)
-	$(VD) fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both_small.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_both_small.yaml $(FIT_DEVICE)
 turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
-	$(VD) bench experiments/toy/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
+	$(VD) bench experiments/toy/turbo/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # DMD2 in the toy world (issue 16): 1-, 2- and 4-step DMD2 students, DMD2 + its GAN term and DMD2 + trajectory
 # guidance (100 student updates each: 500 global steps with fake_updates 5; what a 2-core machine fits in a session),
 # the trajectory-guidance student (600 updates, no held-out set: dmd-tg), then one ToyBench table with the
 # trajectory-guidance student (accvideo-traj's run) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
 # seeds, paired differences against the 50-step teacher (docs/results/dmd_toy.md). `make -j2 dmd` trains two at once.
-DMD_FIT := $(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/dmd.yaml
+DMD_FIT := $(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/dmd/dmd.yaml
 dmd-m1: synvid-m2
-	$(DMD_FIT) --config experiments/toy/dmd_1step.yaml $(FIT_DEVICE)
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_1step.yaml $(FIT_DEVICE)
 dmd-m2: synvid-m2
 	$(DMD_FIT) $(FIT_DEVICE)
 dmd-m4: synvid-m2
-	$(DMD_FIT) --config experiments/toy/dmd_4step.yaml $(FIT_DEVICE)
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_4step.yaml $(FIT_DEVICE)
 dmd-gan: synvid-m2
-	$(DMD_FIT) --config experiments/toy/dmd_gan.yaml $(FIT_DEVICE)
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_gan.yaml $(FIT_DEVICE)
 dmd-traj: synvid-m2
-	$(DMD_FIT) --config experiments/toy/dmd_traj.yaml $(FIT_DEVICE)
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml $(FIT_DEVICE)
 dmd-tg: synvid-m2       # accvideo-traj without the held-out loss (and its second set)
-	$(VD) fit --config experiments/toy/accvideo.yaml --config experiments/toy/accvideo_traj_only.yaml $(FIT_DEVICE)
+	$(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/accvideo/accvideo_traj_only.yaml $(FIT_DEVICE)
 dmd: dmd-traj dmd-m2 dmd-m1 dmd-tg dmd-gan dmd-m4
-	$(VD) bench experiments/toy/dmd_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
+	$(VD) bench experiments/toy/dmd/dmd_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
 	rm -rf runs lightning_logs

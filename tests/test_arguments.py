@@ -18,7 +18,7 @@ def no_model(monkeypatch):
     def load_backbone(*args, **kwargs):
         pytest.fail("a model was loaded before the bad argument was refused")
 
-    for module in ("vdistill.sampling.command", "vdistill.bench", "vdistill.synth.command"):
+    for module in ("vdistill.commands.sample", "vdistill.commands.bench", "vdistill.commands.synth"):
         monkeypatch.setattr(f"{module}.load_backbone", load_backbone)
 
 

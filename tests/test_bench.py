@@ -11,7 +11,7 @@ import yaml
 
 from vdistill.backbones.io import save_backbone
 from vdistill.backbones.toy import ToyBackbone
-from vdistill.bench import run
+from vdistill.commands.bench import run
 from vdistill.errors import UserError
 
 

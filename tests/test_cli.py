@@ -23,13 +23,13 @@ def test_list_shows_components_by_kind(capsys):
 
 
 def test_print_config_of_the_teacher_recipe(capsys, tmp_path):
-    code, out, _ = run_cli(["fit", "--config", str(ROOT / "experiments/toy/teacher_flow.yaml"), "--print_config"],
-                           capsys)
+    recipe = ROOT / "experiments/toy/teachers/teacher_flow.yaml"
+    code, out, _ = run_cli(["fit", "--config", str(recipe), "--print_config"], capsys)
     cfg = yaml.safe_load(out)
     assert code == 0
     assert cfg["model"]["init_args"]["backbone"]["class_path"] == "vdistill.backbones.toy.ToyBackbone"
     # the printed config is a complete one: it parses again, with the recipe's own values, without the recipe
-    recipe = yaml.safe_load((ROOT / "experiments/toy/teacher_flow.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "experiments/toy/teachers/teacher_flow.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == recipe["trainer"]["max_steps"]
     again = tmp_path / "printed.yaml"
     again.write_text(out)
@@ -40,9 +40,9 @@ def test_print_config_of_the_teacher_recipe(capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["fit", "--config", "experiments/toy/teacher_flow.yaml", "--model", "TeacherTrainin"],
+        (["fit", "--config", "experiments/toy/teachers/teacher_flow.yaml", "--model", "TeacherTrainin"],
          "unknown component 'TeacherTrainin'.*valid choices: .*TeacherTraining"),
-        (["fit", "--config", "experiments/toy/teacher_flow.yaml", "--model.init_args.backbone", "ToyBackbon"],
+        (["fit", "--config", "experiments/toy/teachers/teacher_flow.yaml", "--model.init_args.backbone", "ToyBackbon"],
          "unknown component 'ToyBackbon'.*ToyBackbone"),
         (["fit", "--config", "experiments/toy/missing.yaml"], "does not exist"),
         (["sample", "--model", "toy-flw", "--out", "x"], "toy-flw.*toy-flow"),

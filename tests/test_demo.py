@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vdistill.demo import run
+from vdistill.commands.demo import run
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_demo_takes_config_fragments(tmp_path, capsys, monkeypatch):
 
     import yaml
 
-    import vdistill.demo as demo
+    import vdistill.commands.demo as demo
 
     seeds = []
     bench = demo.run_bench
@@ -55,8 +55,8 @@ def test_demo_takes_config_fragments(tmp_path, capsys, monkeypatch):
     prompts.write_text("a red circle moving left\n")
     out = tmp_path / "demo"
     run(["--out", str(out), "--prompts", str(prompts), "--max-steps", "1", "--no-callbacks",
-         "--config", str(root / "experiments/toy/demo_paired.yaml")])
-    assert f"--config {root / 'experiments/toy/demo_paired.yaml'}" in capsys.readouterr().out
+         "--config", str(root / "experiments/toy/accvideo/demo_paired.yaml")])
+    assert f"--config {root / 'experiments/toy/accvideo/demo_paired.yaml'}" in capsys.readouterr().out
     cfg = yaml.safe_load(next((out / "train").glob("lightning_logs/version_0/config.yaml")).read_text())
     adv = [o for o in cfg["model"]["init_args"]["objectives"] if o["class_path"].endswith("AdversarialAlignment")]
     assert adv[0]["init_args"]["fakes"] == "teacher_keys"  # the demo's own is rollout

@@ -7,28 +7,17 @@ file in the columns the recipe names."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import string
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from cli_helpers import run_cli
+from video_helpers import coded_frames, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "data"))  # video_helpers
-from video_helpers import coded_frames, write_video  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location(
-    "vdistill_tests_backbone_fixtures", ROOT / "tests" / "backbones" / "conftest.py")
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
-wan_dir, modelscope_dir = _fixtures.wan_dir, _fixtures.modelscope_dir
-wan_pipeline_dir, modelscope_pipeline_dir = _fixtures.wan_pipeline_dir, _fixtures.modelscope_pipeline_dir
-hunyuan_pipeline_dir = _fixtures.hunyuan_pipeline_dir
 
 RECIPES = sorted(p for family in ("wan", "modelscope", "hunyuan")
                  for p in (ROOT / "experiments" / family).glob("*.yaml"))

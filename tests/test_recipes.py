@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vdistill.bench import check_rows
+from vdistill.commands.bench import check_rows
 from vdistill.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "experiments" / "toy"
-SWEEPS = sorted(p for p in TOY.glob("*.yaml") if {"runs", "grid"} & set(yaml.safe_load(p.read_text()) or {}))
-BENCHES = sorted(TOY.glob("*_bench.yaml"))
+SWEEPS = sorted(p for p in TOY.rglob("*.yaml") if {"runs", "grid"} & set(yaml.safe_load(p.read_text()) or {}))
+BENCHES = sorted(TOY.rglob("*_bench.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -57,8 +57,10 @@ def test_help_and_list_do_not_import_lightning():
     commands that do not train (sample, synth, preprocess, bench, export, profile) do not import Lightning."""
     code = ("import sys; from vdistill.cli import main; main(['--help']); main(['list']); "
             "print(sorted(m for m in ('lightning', 'diffusers', 'transformers', 'open_clip') if m in sys.modules)); "
-            "import vdistill.sampling.command, vdistill.synth.command, vdistill.preprocess.command, vdistill.bench, "
-            "vdistill.export, vdistill.profile.command; print('lightning' in sys.modules)")
+            "import vdistill.commands.sample, vdistill.commands.synth, vdistill.commands.preprocess, "
+            "vdistill.commands.bench, vdistill.commands.export, vdistill.commands.profile, "
+            "vdistill.commands.critic_report; "
+            "print('lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-2:] == ["[]", "False"]
 
@@ -80,6 +82,10 @@ def test_lookup_takes_our_own_reexports_only():
     """jsonargparse prints a re-exported class by its package (``vdistill.objectives.TrajectoryGuidance``)."""
     assert registry.lookup("vdistill.objectives.TrajectoryGuidance") == "TrajectoryGuidance"
     assert registry.lookup("vdistill.objectives.trajectory.TrajectoryGuidance") == "TrajectoryGuidance"
+    # configs and checkpoints written before the layout settled name the former homes
+    assert registry.lookup("vdistill.synth.dataset.TrajectoryData") == "TrajectoryData"
+    assert registry.lookup("vdistill.modules.discriminator.Discriminator") == "Discriminator"
+    assert registry.lookup("vdistill.modules.discriminator.TrajectoryData") is None
     for path in ("os.TrajectoryGuidance", "vdistill.TrajectoryGuidance", "vdistill.obj.TrajectoryGuidance",
                  "vdistill.objectives.consistency.TrajectoryGuidance", "torch.nn.Linear"):
         assert registry.lookup(path) is None, path

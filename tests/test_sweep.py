@@ -14,7 +14,8 @@ import pytest
 import yaml
 from cli_helpers import run_cli
 
-from vdistill.sweep import command, load_sweep
+from vdistill.commands import sweep as command
+from vdistill.sweep import load_sweep
 from vdistill.sweep.results import final_scalars
 from vdistill.sweep.runs import resolve
 
@@ -137,17 +138,18 @@ def test_config_fragments_from_the_command_line_join_every_run(workdir, capsys):
 
 def test_resolved_config_moves_outputs_into_the_run_folder(workdir):
     run = load_sweep("sweep.yaml").runs[1]
-    text, digest, shared = resolve(run, Path("out") / run.name)
+    text, digest, shared = resolve(Path("out") / run.name, command.resolved_config(run))
     cfg = yaml.safe_load(text)
     assert cfg["trainer"]["default_root_dir"] == "out/lo-dropout"
     assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "out/lo-dropout/checkpoints"
     assert cfg["model"]["init_args"]["lr"] == 1e-4 and cfg["model"]["init_args"]["caption_dropout"] == 0.3
     assert shared == [] and len(digest) == 64
-    assert resolve(run, Path("out") / run.name)[1] == digest  # stable
+    assert resolve(Path("out") / run.name, command.resolved_config(run))[1] == digest  # stable
     # an output outside the recipe's root is shared by every run: the sweep warns
     (workdir / "shared.yaml").write_text(RECIPE.replace("dirpath: recipe_root/checkpoints", "dirpath: /tmp/ckpts"))
     (workdir / "sweep.yaml").write_text(GRID.replace("base: recipe.yaml", "base: shared.yaml"))
-    assert resolve(load_sweep("sweep.yaml").runs[0], Path("out/x"))[2] == ["dirpath: /tmp/ckpts"]
+    run = load_sweep("sweep.yaml").runs[0]
+    assert resolve(Path("out/x"), command.resolved_config(run))[2] == ["dirpath: /tmp/ckpts"]
 
 
 def test_final_scalars_take_the_last_logged_value(tmp_path):
@@ -269,8 +271,8 @@ def test_unknown_run_and_missing_file(workdir, capsys):
 
 def test_the_toy_ablation_sweep_file():
     root = Path(__file__).resolve().parents[1]
-    spec = yaml.safe_load((root / "experiments/toy/ablation.yaml").read_text())
-    assert spec["base"] == "experiments/toy/accvideo.yaml" and spec["out"] == "runs/toy/ablation"
+    spec = yaml.safe_load((root / "experiments/toy/accvideo/ablation.yaml").read_text())
+    assert spec["base"] == "experiments/toy/accvideo/accvideo.yaml" and spec["out"] == "runs/toy/ablation"
     assert list(spec["grid"]) == ["objectives", "callbacks"]  # callbacks+ after the fragment that resets the list
     for options in spec["grid"].values():
         for items in options.values():

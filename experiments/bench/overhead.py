@@ -109,9 +109,9 @@ def same(a: float, b: float, what: str) -> float:
 def train_trajectory(setup: Setup, args, threads: int) -> tuple[dict[str, Times], dict]:
     from harness import TrainerArm, make_gate
 
+    from vdistill.data.trajectories import TrajectoryData
     from vdistill.modules.distill import Distillation
     from vdistill.objectives import TrajectoryGuidance
-    from vdistill.synth import TrajectoryData
 
     batch = args.batch
     data = TrajectoryData(str(setup.traj), batch_size=batch, num_workers=0, dtype="float32")
@@ -126,7 +126,7 @@ def train_trajectory(setup: Setup, args, threads: int) -> tuple[dict[str, Times]
         return student.step(torch.stack([r["latents"] for r in rows]), torch.stack([r["timesteps"] for r in rows]),
                             torch.stack([r["text"]["states"] for r in rows]))
 
-    from vdistill.synth import collate
+    from vdistill.data.trajectories import collate
 
     check = collate(items[:batch])
     with torch.no_grad():
@@ -146,10 +146,10 @@ def train_trajectory(setup: Setup, args, threads: int) -> tuple[dict[str, Times]
 def train_consistency(setup: Setup, args, threads: int) -> tuple[dict[str, Times], dict]:
     from harness import TrainerArm, make_gate
 
+    from vdistill.backbones.student import StudentConfig
+    from vdistill.data.latent_clips import LatentClips
     from vdistill.modules.distill import Distillation
-    from vdistill.modules.student import StudentConfig
     from vdistill.objectives.consistency import ConsistencyDistillation, VideoBatch
-    from vdistill.preprocess.dataset import LatentClips
 
     batch, rank = args.batch, args.lora_rank
     data = LatentClips(str(setup.clips), batch_size=batch, num_workers=0, dtype="float32")
@@ -219,7 +219,7 @@ def synth_args(setup: Setup, args) -> dict:
 
 
 def synth_rows(setup: Setup, args, prompts_file: Path) -> list[dict]:
-    from vdistill.synth.command import run as synth_run
+    from vdistill.commands.synth import run as synth_run
 
     a, out = synth_args(setup, args), setup.work / "synth_out"
     size = ["--frames", str(a["frames"]), "--height", str(a["size"]), "--width", str(a["size"])]
@@ -270,7 +270,7 @@ def run_ok(cmd: list[str], env: dict) -> None:
 def export_student(setup: Setup, module, out: Path) -> Path:
     """The trained trajectory student written as the distillation module writes a checkpoint, then ``vdistill
     export``: a WanPipeline folder."""
-    from vdistill.export import run as export_run
+    from vdistill.backbones.export import run as export_run
 
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
@@ -281,7 +281,7 @@ def export_student(setup: Setup, module, out: Path) -> Path:
 
 
 def sample_rows(setup: Setup, args, export: Path, prompts_file: Path) -> list[dict]:
-    from vdistill.sampling.command import run as sample_run
+    from vdistill.commands.sample import run as sample_run
 
     s, out = setup.size, setup.work / "sample_out"
     size = ["--frames", str(s.frames), "--height", str(s.size), "--width", str(s.size)]

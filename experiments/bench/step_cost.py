@@ -50,27 +50,27 @@ def log(msg: str) -> None:
 # -- the three fits of one model -------------------------------------------------------------------------------
 def build(kind: str, teacher: str, data: dict, batch: int, wan: bool):
     """``(module, datamodule, trainer options)`` of one objective on one model."""
+    from vdistill.backbones.student import StudentConfig
+    from vdistill.data.trajectories import TrajectoryData
     from vdistill.modules.distill import Distillation
-    from vdistill.modules.fake_score import FakeScoreConfig
-    from vdistill.modules.student import StudentConfig
     from vdistill.objectives import TrajectoryGuidance
     from vdistill.objectives.consistency import ConsistencyDistillation
     from vdistill.objectives.distribution_matching import DistributionMatching
-    from vdistill.synth import TrajectoryData
+    from vdistill.roles.fake_score import FakeScoreConfig
 
     trajectories = TrajectoryData(str(data["trajectories"]), batch_size=batch, num_workers=0, dtype="float32")
     if kind == "trajectory":
         return Distillation(teacher, [TrajectoryGuidance()], lr=2e-4), trajectories, {}
-    if kind == "dmd":  # experiments/toy/dmd.yaml
+    if kind == "dmd":  # experiments/toy/dmd/dmd.yaml
         dmd = DistributionMatching(fake_updates=FAKE_UPDATES, fake_score=FakeScoreConfig(mode="full"))
         return Distillation(teacher, [dmd], lr=2e-4, weight_decay=0.01), trajectories, {}
     if wan:  # experiments/wan/turbo_1.3b.yaml's objective, with a full student as the other two
-        from vdistill.preprocess.dataset import LatentClips
+        from vdistill.data.latent_clips import LatentClips
 
         cd = ConsistencyDistillation(num_ddim_timesteps=50, skip=20, w_min=2.0, w_max=6.0, guidance=4.0)
         module = Distillation(teacher, [cd], student=StudentConfig(guidance_embedding=True), lr=2e-4)
         clips = LatentClips(str(data["clips"]), batch_size=batch, num_workers=0, dtype="float32")
-    else:  # experiments/toy/turbo.yaml on the flow teacher
+    else:  # experiments/toy/turbo/turbo.yaml on the flow teacher
         from vdistill.data.toy import ToyVideos
 
         cd = ConsistencyDistillation(num_ddim_timesteps=50, skip=20, w_min=1.0, w_max=3.0, guidance=2.0)
@@ -83,12 +83,12 @@ def build(kind: str, teacher: str, data: dict, batch: int, wan: bool):
 def one_batch(kind: str, datamodule, batch: int) -> dict:
     """A training batch as the module receives it (built from the datamodule's dataset, without a Trainer)."""
     if kind in ("trajectory", "dmd"):
-        from vdistill.synth import collate
+        from vdistill.data.trajectories import collate
 
         dataset = datamodule.dataset if datamodule.dataset is not None else datamodule.build()
         return collate([dataset[i % len(dataset)] for i in range(batch)])
     if hasattr(datamodule, "build"):  # LatentClips
-        from vdistill.preprocess.dataset import CollateClips
+        from vdistill.data.latent_clips import CollateClips
 
         dataset = datamodule.dataset if datamodule.dataset is not None else datamodule.build()
         return CollateClips(dataset.uncond)([dataset[i % len(dataset)] for i in range(batch)])

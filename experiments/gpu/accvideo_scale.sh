@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# experiments/toy/accvideo_scale.yaml on one GPU, one phase per device call (each under 10 minutes):
+# experiments/toy/accvideo/accvideo_scale.yaml on one GPU, one phase per device call (each under 10 minutes):
 #   source experiments/gpu/env.sh && bash experiments/gpu/accvideo_scale.sh [b16|b64|b12k|long] [OUT_DIR]
 # b16: the 384- and 3,072-trajectory sets and the eight batch-16 students side by side (one `vdistill sweep --only
 # RUN` each; the 384 runs start while the 3,072 set is written), then accvideo_scale_bench.yaml.
@@ -17,7 +17,7 @@ PHASE=${1:-b16}
 OUT_DIR=${2:-runs/gpu}
 mkdir -p "$OUT_DIR"
 VD=(python3 -m vdistill.cli)
-SWEEP=experiments/toy/accvideo_scale.yaml
+SWEEP=experiments/toy/accvideo/accvideo_scale.yaml
 t0=$SECONDS
 synth() {  # synth SECONDS REPEAT OUT [SEED [BATCH]]
   timeout "$1" "${VD[@]}" synth --seed "${4:-0}" --model toy-flow --prompts toy --repeat "$2" --key-indices "${KEYS:-0,25,50}" --dtype float32 \
@@ -32,39 +32,39 @@ fit() {
 case $PHASE in
   b16)
     printf 'trainer:\n  max_time: "00:00:04:40"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_scale_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_scale_bench.yaml
     synth 100 8 runs/toy/accvideo/synvid_m2
     fit m2_traj_384 m2_rollout_384
     synth 150 64 runs/toy/accvideo/synvid_m2_3k
     fit m2_traj_3k m2_paired_3k m2_rollout_3k m2_rollout_adv0.5_3k m1_traj_3k m1_rollout_3k ;;
   b64)
     printf 'trainer:\n  max_time: "00:00:06:00"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_scale_b64_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_scale_b64_bench.yaml
     synth 60 64 runs/toy/accvideo/synvid_m2_3k
     fit m2_traj_3k_b64
     synth 100 128 runs/toy/accvideo/synvid_m2_6k
     fit m2_traj_6k_b64 m2_paired_6k_b64 m2_rollout_6k_b64 m1_traj_6k_b64 ;;
   b12k)
     printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_scale_12k_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_scale_12k_bench.yaml
     synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000
     fit m2_traj_12k_b64 m2_traj_12k_b64_ema ;;
   long)
     printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_scale_long_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_scale_long_bench.yaml
     synth 30 2 runs/toy/accvideo/synvid_m2_val 10000
     synth 150 256 runs/toy/accvideo/synvid_m2_12k 100000 256
     fit m2_traj_12k_b64_6k_steps m2_traj_12k_b256 ;;
   keys)
     printf 'trainer:\n  max_time: "00:00:05:00"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_keys_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_keys_bench.yaml
     export KEYS=0,15,25,35,50
     synth 40 2 runs/toy/accvideo/synvid_keys_val 10000
     synth 120 128 runs/toy/accvideo/synvid_keys_6k 0 256
     fit m2_mid15_6k_b64 m2_mid25_6k_b64 m2_mid35_6k_b64 m3_keys_6k_b64 ;;
   adv)
     printf 'trainer:\n  max_time: "00:00:04:20"\n' >/tmp/cap.yaml
-    bench=experiments/toy/accvideo_adv_bench.yaml
+    bench=experiments/toy/accvideo/accvideo_adv_bench.yaml
     synth 100 128 runs/toy/accvideo/synvid_m2_6k 0 256
     fit m2_paired_6k_b64 m2_rollout_6k_b64 ;;
   *) echo "unknown phase $PHASE: b16, b64, b12k, long, keys or adv" >&2; exit 2 ;;

@@ -14,8 +14,8 @@ check() {  # check NAME COMMAND...
   else echo "FAIL $name ($((SECONDS - t0)) s): $(grep -E 'Error|error' "$W/logs/$name.log" | tail -1)"; fails=$((fails + 1)); fi
 }
 STEPS=(--trainer.max_steps 6 --trainer.log_every_n_steps 2)
-DEMO=(fit --config experiments/toy/demo.yaml --data.init_args.root "$W/synvid")
-TURBO=(fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml --trainer.callbacks=[])
+DEMO=(fit --config src/vdistill/recipes/demo.yaml --data.init_args.root "$W/synvid")
+TURBO=(fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_both.yaml --trainer.callbacks=[])
 ONLINE=(--model.init_args.target_ema_decay=null)  # the EMA target needs whole parameters: not under FSDP / ZeRO-3
 GPU=(--trainer.accelerator gpu --trainer.devices 1)
 

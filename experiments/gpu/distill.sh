@@ -14,7 +14,7 @@ for run in turbo accvideo; do
   tar czf "$OUT_DIR/$run.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='synvid*' runs/toy/$run
 done
 W=/tmp/vdistill-gpu-check
-python3 -m vdistill.cli fit --config experiments/toy/turbo.yaml --config experiments/toy/turbo_both.yaml \
+python3 -m vdistill.cli fit --config experiments/toy/turbo/turbo.yaml --config experiments/toy/turbo/turbo_both.yaml \
   --trainer.callbacks=[] --config experiments/strategies/fsdp.yaml --trainer.max_steps 6 \
   --model.init_args.target_ema_decay=null \
   --trainer.default_root_dir $W/turbo_fsdp >"$OUT_DIR/fsdp_clip.log" 2>&1 && echo "PASS cd_reward_fsdp (clip 1.0)" \

@@ -44,8 +44,8 @@ else
 fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then  # toy recipes at their own tiny size, the measurement on the CPU
-  RECIPES=(toy_accvideo:experiments/toy/accvideo.yaml toy_turbo:experiments/toy/turbo.yaml
-           toy_dmd:experiments/toy/accvideo.yaml+experiments/toy/dmd.yaml)
+  RECIPES=(toy_accvideo:experiments/toy/accvideo/accvideo.yaml toy_turbo:experiments/toy/turbo/turbo.yaml
+           toy_dmd:experiments/toy/accvideo/accvideo.yaml+experiments/toy/dmd/dmd.yaml)
   SIZES=(own)
   MEASURE=(--measure --measure-device cpu --measure-warmup 1 --measure-steps 1)
 else

@@ -24,6 +24,6 @@ done
 tar czf "$OUT_DIR/teachers.tgz" src/vdistill/assets/toy-flow src/vdistill/assets/toy-ddpm "$OUT_DIR"/fit_*.log \
   $(find runs/toy/teacher_flow runs/toy/teacher_ddpm -name 'events.out.tfevents*')
 t0=$SECONDS
-vdistill bench experiments/toy/teachers_bench.yaml --device cuda --mp4 0
+vdistill bench experiments/toy/teachers/teachers_bench.yaml --device cuda --mp4 0
 echo "bench in $((SECONDS - t0)) s"
 cp runs/toy/teachers/toybench.md runs/toy/teachers/toybench.json "$OUT_DIR/"

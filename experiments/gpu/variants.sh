@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two variant sweeps (experiments/toy/turbo_variants.yaml, experiments/toy/accvideo_variants.yaml) on one GPU,
+# The two variant sweeps (experiments/toy/turbo/turbo_variants.yaml, experiments/toy/accvideo/accvideo_variants.yaml) on one GPU,
 # all eight runs side by side (one `vdistill sweep --only RUN` each), then their benches and results tables.
 #   source experiments/gpu/env.sh && bash experiments/gpu/variants.sh [OUT_DIR]
 # OUT_DIR gets variants.tgz (tables, samples, event files, fit logs).
@@ -15,8 +15,8 @@ sweep() {  # sweep FILE RUN...
     "${VD[@]}" sweep "$file" --config experiments/gpu/one_gpu.yaml --only "$run" --quiet >"$OUT_DIR/$run.log" 2>&1 &
   done
 }
-sweep experiments/toy/turbo_variants.yaml online-lr2e-4 online-lr5e-5 ema-lr2e-4 ema-lr5e-5
-sweep experiments/toy/accvideo_variants.yaml long long_ema long_reward long_reward_ema
+sweep experiments/toy/turbo/turbo_variants.yaml online-lr2e-4 online-lr5e-5 ema-lr2e-4 ema-lr5e-5
+sweep experiments/toy/accvideo/accvideo_variants.yaml long long_ema long_reward long_reward_ema
 wait
 echo "8 runs in $((SECONDS - t0)) s"
 for name in turbo accvideo; do

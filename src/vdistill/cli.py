@@ -1,18 +1,17 @@
 """The one entry point: ``vdistill {fit,validate,test,predict}`` (LightningCLI) and our own subcommands.
 
 Only what a command uses is imported: ``vdistill --help`` and ``vdistill list`` never import Lightning, and the
-training subcommands import it through :mod:`vdistill.lightning_cli`.
+training subcommands import it through :mod:`vdistill.commands.lightning_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
-import re
 import sys
 
 from vdistill import registry
+from vdistill.commands.parse_errors import explain_parse_error
 from vdistill.errors import UserError
 
 
@@ -27,57 +26,17 @@ def cmd_list(argv: list[str]) -> None:
             print(f"  {name:<{width}}  {summary}")
 
 
-def explain_parse_error(err: argparse.ArgumentError) -> str:
-    """One line from jsonargparse's nested report: the bad component name with the valid choices, or the
-    innermost message."""
-    text = str(err)
-    bad = re.search(r"Expected a dot import path string: (\S+)", text)
-    key = re.search(r'Parser key "([^"]+)"', text)
-    where = f" for {key.group(1)!r}" if key else ""
-    if bad:
-        name = bad.group(1)
-        kinds = registry.components()
-        names = {n: kind for kind, rows in kinds.items() for n, _ in rows}
-        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
-        kind = names[close[0]] if close else None
-        choices = [n for n, _ in kinds[kind]] if kind else sorted(names)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown component {name!r}{where}; valid choices: {', '.join(choices)}{hint}"
-    wrong_value = _innermost_value_error(text)
-    if wrong_value:
-        return wrong_value
-    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
-    return lines[-1] if len(lines) == 1 else " ".join(lines[:3])
-
-
-def _innermost_value_error(text: str) -> str | None:
-    """``model.init_args.lr: expected a float, got 'fast'`` from jsonargparse's nested Union report, or None."""
-    keys = list(re.finditer(r'Parser key "([^"]+)":', text))
-    if not keys:
-        return None
-    path = keys[0].group(1)
-    for before, key in zip(keys, keys[1:]):
-        between = text[before.end():key.start()]
-        path += (".init_args." if "Problem with given class_path" in between else ".") + key.group(1)
-    rest = [ln.strip(" -") for ln in text[keys[-1].end():].splitlines() if ln.strip(" -")]
-    if not rest:
-        return None
-    m = re.match(r"Expected a <class '([\w.]+)'>\. Got value: (.*)", rest[0])
-    reason = f"expected a {m.group(1)}, got {m.group(2)!r}" if m else rest[0]
-    return f"bad value for {path!r}: {reason}"
-
-
 # Our own subcommands: name -> module with ``run(argv)`` (imported only when used: start-up stays fast).
 COMMANDS = {
-    "sample": "vdistill.sampling.command",
-    "synth": "vdistill.synth.command",
-    "preprocess": "vdistill.preprocess.command",
-    "demo": "vdistill.demo",
-    "bench": "vdistill.bench",
-    "export": "vdistill.export",
-    "critic-report": "vdistill.critics.report",
-    "sweep": "vdistill.sweep",
-    "profile": "vdistill.profile.command",
+    "sample": "vdistill.commands.sample",
+    "synth": "vdistill.commands.synth",
+    "preprocess": "vdistill.commands.preprocess",
+    "demo": "vdistill.commands.demo",
+    "bench": "vdistill.commands.bench",
+    "export": "vdistill.commands.export",
+    "critic-report": "vdistill.commands.critic_report",
+    "sweep": "vdistill.commands.sweep",
+    "profile": "vdistill.commands.profile",
 }
 
 
@@ -109,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args and args[0] in COMMANDS:
             importlib.import_module(COMMANDS[args[0]]).run(args[1:])
         else:
-            from vdistill.lightning_cli import VDistillCLI  # Lightning, torch and jsonargparse: seconds to import
+            from vdistill.commands.lightning_cli import (
+                VDistillCLI,  # Lightning, torch and jsonargparse: seconds to import
+            )
 
             VDistillCLI(args=argv)
     except argparse.ArgumentError as err:

@@ -23,7 +23,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "schedules": ("noise schedules", "vdistill.diffusion.schedules", "NoiseSchedule"),
     "modules": ("modules (training recipes)", "lightning", "LightningModule"),
     "objectives": ("objectives", "vdistill.objectives.base", "Objective"),
-    "discriminators": ("discriminators", "vdistill.modules.discriminator", "Discriminator"),
+    "discriminators": ("discriminators", "vdistill.roles.discriminator", "Discriminator"),
     "datamodules": ("datamodules", "lightning", "LightningDataModule"),
     "callbacks": ("callbacks", "lightning", "Callback"),
 }
@@ -44,17 +44,24 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "DistributionMatching": ("objectives", "vdistill.objectives.distribution_matching"),
     "RewardFeedback": ("objectives", "vdistill.objectives.reward"),
     "TrajectoryGuidance": ("objectives", "vdistill.objectives.trajectory"),
-    "Discriminator": ("discriminators", "vdistill.modules.discriminator"),
+    "Discriminator": ("discriminators", "vdistill.roles.discriminator"),
     "ToyVideos": ("datamodules", "vdistill.data.toy"),
     "VideoClips": ("datamodules", "vdistill.data.video_clips"),
-    "LatentClips": ("datamodules", "vdistill.preprocess.dataset"),
-    "TrajectoryData": ("datamodules", "vdistill.synth.dataset"),
+    "LatentClips": ("datamodules", "vdistill.data.latent_clips"),
+    "TrajectoryData": ("datamodules", "vdistill.data.trajectories"),
     "EMA": ("callbacks", "vdistill.callbacks.ema"),
     "ExportBackbone": ("callbacks", "vdistill.callbacks.export"),
     "PeriodicCheckpoints": ("callbacks", "vdistill.callbacks.checkpoints"),
     "PeriodicEvaluation": ("callbacks", "vdistill.callbacks.evaluation"),
     "ThroughputMemory": ("callbacks", "vdistill.callbacks.throughput"),
     "VideoSamples": ("callbacks", "vdistill.callbacks.video_samples"),
+}
+
+#: where a component lived before the layout settled (configs and checkpoints written earlier name it so)
+FORMER_HOMES: dict[str, tuple[str, ...]] = {
+    "Discriminator": ("vdistill.modules.discriminator",),
+    "TrajectoryData": ("vdistill.synth.dataset", "vdistill.synth"),
+    "LatentClips": ("vdistill.preprocess.dataset", "vdistill.preprocess"),
 }
 
 #: reward critics by the name ``load_critic`` and the configs use -> (module registering it, one-line summary)
@@ -79,6 +86,8 @@ def lookup(class_path: str) -> str | None:
     home = COMPONENTS[name][1]
     # the defining module, or a vdistill package above it that re-exports it (jsonargparse prints
     # ``vdistill.objectives.TrajectoryGuidance``)
+    if module in FORMER_HOMES.get(name, ()):
+        return name
     return name if module == home or (module.startswith("vdistill.") and home.startswith(module + ".")) else None
 
 

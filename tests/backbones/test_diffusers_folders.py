@@ -1,6 +1,7 @@
 """A diffusers pipeline folder is a model name everywhere: ``load_backbone``, ``vdistill sample``, ``synth``,
 ``bench``, ``fit``'s teacher and the ``VideoSamples`` callback, on the tiny folders written by ``WanPipeline`` /
-``TextToVideoSDPipeline.save_pretrained`` (conftest); and every broken teacher folder is one line, exit 2."""
+``TextToVideoSDPipeline.save_pretrained`` (tests/helpers/diffusers_folders.py); and every broken teacher folder is one
+line, exit 2."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from vdistill.backbones.io import load_backbone
 from vdistill.backbones.modelscope import ModelScopeBackbone
 from vdistill.backbones.wan import WanBackbone
 from vdistill.callbacks import VideoSamples
+from vdistill.data.trajectories import TrajectoryDataset
 from vdistill.errors import UserError
-from vdistill.synth.dataset import TrajectoryDataset
 
 PROMPTS = ["a cat runs on the grass", "a red ball"]
 #: frames x height x width per family: Wan 1 + 4k frames and multiples of 16 pixels, ModelScope multiples of 8
@@ -174,7 +175,7 @@ def test_bench_row_with_a_folder(wan_pipeline_dir, modelscope_pipeline_dir, prom
 @pytest.fixture(scope="module")
 def wan_set(wan_pipeline_dir, tmp_path_factory) -> Path:
     """Two trajectories of the tiny Wan folder, key points 0, 1, 2 of 2 steps, 5 x 32 x 32 videos."""
-    from vdistill.synth.command import run
+    from vdistill.commands.synth import run
 
     out = tmp_path_factory.mktemp("wan_set") / "d"
     prompts = out.parent / "prompts.txt"

@@ -1,5 +1,6 @@
-"""HunyuanVideoBackbone on a tiny random folder written by ``HunyuanVideoPipeline.save_pretrained`` (conftest),
-checked against diffusers' own pipeline: its text encoding, one transformer step, and full sampling."""
+"""HunyuanVideoBackbone on a tiny random folder written by ``HunyuanVideoPipeline.save_pretrained``
+(tests/helpers/diffusers_folders.py), checked against diffusers' own pipeline: its text encoding, one transformer step,
+and full sampling."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from cli_helpers import run_cli
 
 from vdistill.backbones.hunyuan import HunyuanVideoBackbone
 from vdistill.backbones.io import load_backbone
+from vdistill.backbones.student import make_student
 from vdistill.config import to_config
 from vdistill.errors import UserError
-from vdistill.modules.student import make_student
 from vdistill.sampling.sampler import sample_latents
 
 FRAMES, SIZE, TEXT_LEN = 5, 32, 16  # latents [B, 4, 2, 4, 4]

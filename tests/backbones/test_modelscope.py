@@ -1,4 +1,5 @@
-"""ModelScopeBackbone on a tiny random ModelScope T2V folder (see conftest), checked against diffusers' pipeline."""
+"""ModelScopeBackbone on a tiny random ModelScope T2V folder (tests/helpers/diffusers_folders.py), checked against
+diffusers' pipeline."""
 
 from __future__ import annotations
 

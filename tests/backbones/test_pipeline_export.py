@@ -16,13 +16,13 @@ import torch
 from cli_helpers import run_cli
 
 from vdistill.backbones.io import load_backbone
+from vdistill.backbones.student import StudentConfig, make_student, set_consistency_sampling
 from vdistill.diffusion.export_scheduler import export_scheduler
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule, timesteps_at
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig, make_student
 from vdistill.objectives.consistency import ConsistencyDistillation
 from vdistill.objectives.trajectory import TrajectoryGuidance
-from vdistill.sampling.consistency import sample_consistency, seeded_noise, set_consistency_sampling
+from vdistill.sampling.consistency import sample_consistency, seeded_noise
 from vdistill.sampling.generate import generate
 from vdistill.sampling.sampler import initial_noise, sample_latents
 
@@ -313,8 +313,8 @@ def test_lora_consistency_student_pipeline_and_adapter(teacher, tmp_path, capsys
 def test_modelscope_consistency_noise_layout(modelscope_pipeline_dir, tmp_path):
     """TextToVideoSDPipeline draws LCMScheduler's per-step noise frames first ([B*T, C, H, W]); ModelScope's
     ``step_noise`` does too, so a consistency student with several frames samples the pipeline's video."""
+    from vdistill.backbones.export import write_export
     from vdistill.backbones.modelscope import ModelScopeBackbone
-    from vdistill.export import write_export
 
     student = make_student(ModelScopeBackbone(str(modelscope_pipeline_dir)), guidance_embedding=True).eval()
     set_consistency_sampling(student)

@@ -1,4 +1,5 @@
-"""WanBackbone on a tiny random Wan2.1 folder (see conftest), checked against diffusers' WanPipeline."""
+"""WanBackbone on a tiny random Wan2.1 folder (tests/helpers/diffusers_folders.py), checked against diffusers'
+WanPipeline."""
 
 from __future__ import annotations
 

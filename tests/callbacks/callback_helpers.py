@@ -7,10 +7,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
+from vdistill.backbones.student import StudentConfig
+from vdistill.data.trajectories import TrajectoryData
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import TrajectoryGuidance
-from vdistill.synth import TrajectoryData
 
 # the prompts of tests/modules/test_distill.py's trajectory data
 PROMPTS = ["a red circle moving left", "a blue square moving up"]

@@ -26,7 +26,7 @@ def test_registered():
 def test_every_fragment_appends(capsys):
     configs = [arg for f in FRAGMENTS for arg in ("--config", str(f))]
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"), *configs, "--print_config"])
+        main(["fit", "--config", str(ROOT / "experiments/toy/accvideo/accvideo.yaml"), *configs, "--print_config"])
     printed = capsys.readouterr().out
     order = ["ModelCheckpoint", "ExportBackbone", "PeriodicCheckpoints", "EMA", "LearningRateMonitor",
              "ThroughputMemory", "PeriodicEvaluation", "VideoSamples"]  # the recipe's two, then one per fragment
@@ -39,7 +39,7 @@ def test_accvideo_with_ema_and_video_samples(toy, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"),
+    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo/accvideo.yaml"),
           "--config", str(ROOT / "callbacks/ema.yaml"), "--config", str(ROOT / "callbacks/video_samples.yaml"),
           f"--model.init_args.teacher={toy / 'teacher'}", f"--data.init_args.root={toy / 'data'}",
           "--data.init_args.batch_size=2", "--trainer.max_steps=2", "--trainer.log_every_n_steps=1",

@@ -12,9 +12,9 @@ from callback_helpers import distillation, fit
 from objective_helpers import tiny_toy
 
 from vdistill.backbones.io import load_backbone
+from vdistill.backbones.student import make_student
 from vdistill.callbacks import EMA, ExportBackbone, use_ema
 from vdistill.errors import UserError
-from vdistill.modules.student import make_student
 
 
 def holder(**backbones) -> L.LightningModule:

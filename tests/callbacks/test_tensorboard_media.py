@@ -38,7 +38,7 @@ def test_lr_curves_and_clips_reach_tensorboard(toy, tmp_path, monkeypatch):
     """A 3-step fit of the AccVideo recipe with lr_monitor.yaml and video_samples.yaml, read back from TensorBoard:
     one learning-rate curve per parameter group, the warm-up's values at each step, and the clips and grid."""
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"),
+    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo/accvideo.yaml"),
           "--config", str(ROOT / "callbacks/lr_monitor.yaml"), "--config", str(ROOT / "callbacks/video_samples.yaml"),
           f"--model.init_args.teacher={toy / 'teacher'}", f"--data.init_args.root={toy / 'data'}",
           "--data.init_args.batch_size=2", "--model.init_args.lr=2e-4", "--model.init_args.disc_lr=1e-4",

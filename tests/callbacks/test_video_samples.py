@@ -15,15 +15,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from objective_helpers import tiny_toy
 
 from vdistill.backbones.io import save_backbone
+from vdistill.backbones.student import StudentConfig, consistency_sampling
 from vdistill.callbacks import EMA, VideoSamples
-from vdistill.callbacks.periodic import SMALL_TOY_PROMPTS, backbone_of, resolve_prompts
+from vdistill.callbacks.periodic import SMALL_TOY_PROMPTS, resolve_prompts
+from vdistill.callbacks.target import backbone_of
 from vdistill.data.toy import ToyVideos
 from vdistill.diffusion.schedules import DDPMSchedule
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import ConsistencyDistillation
-from vdistill.sampling.consistency import consistency_sampling
 from vdistill.sampling.generate import generate
 from vdistill.sampling.video_io import load_npz, to_uint8
 from vdistill.world.captions import parse_caption

@@ -84,7 +84,7 @@ def test_wrong_critic_and_missing_files_are_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not found"):
         load_critic("toy-video", checkpoint=tmp_path / "nope.safetensors")
     monkeypatch.setitem(toy.SHIPPED_CRITICS, "toy-video", tmp_path / "absent.safetensors")
-    with pytest.raises(UserError, match=r"shipped toy-video weights are missing.*experiments/toy/critics.yaml"):
+    with pytest.raises(UserError, match=r"shipped toy-video weights are missing.*experiments/toy/critics/critics.yaml"):
         load_critic("toy-video", checkpoint="shipped")
     monkeypatch.setitem(toy.SHIPPED_CRITICS, "toy-image", path)
     assert load_critic("toy-image", checkpoint="shipped").cfg == toy.TOY_SIZES["tiny"]
@@ -170,10 +170,12 @@ def test_correlations_rank_ties_at_their_average():
 
 def test_report_command(tmp_path, capsys, monkeypatch):
     path = toy.save_toy_critic(load_critic("toy-video", size="tiny"), tmp_path / "v.safetensors")
+    from vdistill.commands import critic_report
+
     real = report_mod.real_videos
-    monkeypatch.setattr(report_mod, "real_videos", lambda n: real(n, world=SMALL))  # 8x8 videos: quick
-    report_mod.run(["--critic", "toy-video", "--checkpoint", str(path), "--per-caption", "1",
-                    "--json", str(tmp_path / "r.json")])
+    monkeypatch.setattr(critic_report, "real_videos", lambda n: real(n, world=SMALL))  # 8x8 videos: quick
+    critic_report.run(["--critic", "toy-video", "--checkpoint", str(path), "--per-caption", "1",
+                       "--json", str(tmp_path / "r.json")])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "r.json").read_text()) and printed["ranking"]["n"] == 48
 
@@ -184,7 +186,7 @@ def test_recipe_runs_through_the_cli(tmp_path, monkeypatch):
 
     from vdistill.cli import main
 
-    config = Path(__file__).resolve().parents[2] / "experiments/toy/critics.yaml"
+    config = Path(__file__).resolve().parents[2] / "experiments/toy/critics/critics.yaml"
     monkeypatch.chdir(tmp_path)  # the recipe writes under runs/
     monkeypatch.setattr("sys.argv", ["vdistill", "fit", "--config", str(config), "--trainer.max_steps", "2",
                                      "--trainer.logger", "false", "--model.init_args.critic_size", "tiny",

@@ -1,11 +1,12 @@
-"""DDIM (eta 0) and Euler steps against diffusers' DDIMScheduler and FlowMatchEulerDiscreteScheduler."""
+"""The deterministic solver step (:meth:`NoiseSchedule.step`): DDIM (eta 0) and Euler against diffusers'
+DDIMScheduler and FlowMatchEulerDiscreteScheduler."""
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from vdistill.diffusion import DDPMSchedule, FlowSchedule, ddim_step, euler_step
+from vdistill.diffusion import DDPMSchedule, FlowSchedule
 
 SHAPE = (2, 4, 3, 6, 6)  # [B, C, T, H, W] latents
 
@@ -40,7 +41,7 @@ def test_ddim_single_steps_match_diffusers(prediction_type, spacing, beta_schedu
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         x_t, raw = _randn(*SHAPE, seed=i), _randn(*SHAPE, seed=100 + i)
         ref = scheduler.step(raw, int(t), x_t, eta=0.0).prev_sample
-        ours = ddim_step(schedule, raw, x_t, t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0]))
+        ours = schedule.step(raw, x_t, t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0]))
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -57,7 +58,7 @@ def test_ddim_sampling_loop_matches_diffusers(prediction_type, spacing, n):
     grid = schedule.sampling_timesteps(n)
     for t, t_next in zip(grid[:-1], grid[1:]):
         t_b, t_next_b = t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0])
-        x_ours = ddim_step(schedule, fake_model(x_ours, float(schedule.model_timestep(t))), x_ours, t_b, t_next_b)
+        x_ours = schedule.step(fake_model(x_ours, float(schedule.model_timestep(t))), x_ours, t_b, t_next_b)
     torch.testing.assert_close(x_ours, x_ref, rtol=2e-4, atol=2e-4)
 
 
@@ -67,7 +68,7 @@ def test_ddim_step_uses_per_sample_timesteps():
     scheduler.set_timesteps(4)
     x_t, raw = _randn(*SHAPE, seed=1), _randn(*SHAPE, seed=2)
     t, t_next = torch.tensor([999.0, 499.0]), torch.tensor([749.0, 249.0])
-    ours = ddim_step(schedule, raw, x_t, t, t_next)
+    ours = schedule.step(raw, x_t, t, t_next)
     for b in range(SHAPE[0]):
         ref = scheduler.step(raw[b : b + 1], int(t[b]), x_t[b : b + 1], eta=0.0).prev_sample
         torch.testing.assert_close(ours[b : b + 1], ref, rtol=1e-4, atol=1e-4)
@@ -76,7 +77,7 @@ def test_ddim_step_uses_per_sample_timesteps():
 def test_ddim_step_to_clean_returns_predicted_x0():
     schedule = DDPMSchedule(prediction_type="epsilon")
     x_t, raw, t = _randn(*SHAPE, seed=3), _randn(*SHAPE, seed=4), torch.tensor([19.0, 19.0])
-    torch.testing.assert_close(ddim_step(schedule, raw, x_t, t, torch.tensor([-1.0, -1.0])),
+    torch.testing.assert_close(schedule.step(raw, x_t, t, torch.tensor([-1.0, -1.0])),
                                schedule.to_x0(raw, x_t, t))
 
 
@@ -96,7 +97,7 @@ def test_euler_single_steps_match_diffusers(shift):
         x_t, v = _randn(*SHAPE, seed=i), _randn(*SHAPE, seed=50 + i)
         ref = scheduler.step(v, scheduler.timesteps[i], x_t).prev_sample
         t_b, t_next_b = t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0])
-        ours = euler_step(schedule, v, x_t, t_b, t_next_b)
+        ours = schedule.step(v, x_t, t_b, t_next_b)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
         # the re-noise form of NoiseSchedule.step is the same Euler step on the linear path
         torch.testing.assert_close(schedule.step(v, x_t, t_b, t_next_b), ours, rtol=1e-5, atol=1e-5)
@@ -114,7 +115,7 @@ def test_euler_sampling_loop_matches_diffusers(shift, n):
         x_ref = scheduler.step(fake_model(x_ref, float(t)), t, x_ref).prev_sample
     for t, t_next in zip(grid[:-1], grid[1:]):
         t_b, t_next_b = t.repeat(SHAPE[0]), t_next.repeat(SHAPE[0])
-        x_ours = euler_step(schedule, fake_model(x_ours, float(schedule.model_timestep(t))), x_ours, t_b, t_next_b)
+        x_ours = schedule.step(fake_model(x_ours, float(schedule.model_timestep(t))), x_ours, t_b, t_next_b)
         x_step = schedule.step(fake_model(x_step, float(schedule.model_timestep(t))), x_step, t_b, t_next_b)
     torch.testing.assert_close(x_ours, x_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x_step, x_ref, rtol=1e-4, atol=1e-4)
@@ -124,7 +125,7 @@ def test_euler_step_keeps_dtype_and_per_sample_times():
     schedule = FlowSchedule(shift=3.0)
     x_t, v = _randn(*SHAPE, seed=1).double(), _randn(*SHAPE, seed=2).double()
     t, t_next = torch.tensor([0.9, 0.5]), torch.tensor([0.7, 0.0])
-    out = euler_step(schedule, v, x_t, t, t_next)
+    out = schedule.step(v, x_t, t, t_next)
     assert out.dtype == torch.float64
     for b in range(SHAPE[0]):
         torch.testing.assert_close(out[b], x_t[b] + (t_next[b] - t[b]).double() * v[b])

@@ -11,13 +11,13 @@ import torch
 from objective_helpers import PROMPTS, tiny_toy
 
 from vdistill.backbones.io import load_backbone, save_backbone
+from vdistill.backbones.student import StudentConfig, make_student
 from vdistill.data.toy import ToyVideos
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.ema import EMAWeights
-from vdistill.modules.student import StudentConfig, make_student
 from vdistill.objectives import ConsistencyDistillation, Models
+from vdistill.roles.ema import EMAWeights
 from vdistill.sampling.consistency import sample_consistency, seeded_noise
 from vdistill.sampling.video_io import load_npz
 
@@ -199,7 +199,7 @@ def test_toy_recipe_through_the_cli(teachers, tmp_path, monkeypatch, capsys):
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    recipe = str(ROOT / "experiments/toy/turbo.yaml")
+    recipe = str(ROOT / "experiments/toy/turbo/turbo.yaml")
     with pytest.raises(SystemExit):
         main(["fit", "--config", recipe, "--print_config"])
     printed = capsys.readouterr().out

@@ -9,22 +9,23 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from objective_helpers import PROMPTS as TOY_PROMPTS
+from objective_helpers import synth_keys as synth
 from objective_helpers import tiny_toy
 
 from vdistill.backbones.io import load_backbone, save_backbone
+from vdistill.backbones.student import StudentConfig
 from vdistill.data.toy import ToyVideos
+from vdistill.data.trajectories import TrajectoryData, TrajectoryDataset, collate
 from vdistill.errors import UserError
-from vdistill.modules.discriminator import Discriminator
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import AdversarialAlignment, TrajectoryGuidance
 from vdistill.objectives.trajectory import trajectory_errors
+from vdistill.roles.discriminator import Discriminator
 from vdistill.sampling.sampler import sample_latents
-from vdistill.synth import TrajectoryData, synthesize
-from vdistill.synth.dataset import TrajectoryDataset, collate
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["a red circle moving left", "a blue square moving up"]
+PROMPTS = TOY_PROMPTS[:2]  # the prompts of synth_keys
 KEYS = (0, 2, 4)
 MIXES = ["trajectory", "trajectory+adversarial"]
 
@@ -43,28 +44,6 @@ def fit(model, root: Path, max_steps: int, ckpt_path=None, **data) -> L.Trainer:
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=TrajectoryData(str(root), batch_size=2, shuffle=False, **data), ckpt_path=ckpt_path)
     return trainer
-
-
-def synth(teacher, out: Path, keys: tuple[int, ...] = KEYS, **size) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the suite's one-thread fixture
-    try:
-        synthesize(teacher, PROMPTS, out, key_indices=keys, steps=4, dtype="float32", shard_size=2, batch_size=2,
-                   progress=False, **size)
-    finally:
-        torch.set_num_threads(before)
-    return out
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    """A tiny toy flow teacher exported to ``teacher/`` and its key points in ``data/``."""
-    root = tmp_path_factory.mktemp("toy")
-    teacher = tiny_toy()
-    save_backbone(teacher, root / "teacher")
-    synth(teacher, root / "data")
-    synth(teacher, root / "val", seed=100)  # held out: other noise
-    return root
 
 
 def params(module) -> list[torch.Tensor]:
@@ -260,12 +239,12 @@ def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    recipe = str(ROOT / "experiments/toy/accvideo.yaml")
+    recipe = str(ROOT / "experiments/toy/accvideo/accvideo.yaml")
     with pytest.raises(SystemExit):
         main(["fit", "--config", recipe, "--print_config"])
     printed = capsys.readouterr().out
     assert "teacher: toy-flow" in printed and "AdversarialAlignment" in printed
-    heldout = str(ROOT / "experiments/toy/heldout.yaml")
+    heldout = str(ROOT / "experiments/toy/accvideo/heldout.yaml")
     main(["fit", "--config", recipe, "--config", heldout, f"--model.init_args.teacher={toy / 'teacher'}",
           f"--data.init_args.root={toy / 'data'}", f"--data.init_args.val_root={toy / 'val'}",
           "--data.init_args.batch_size=2", "--trainer.max_steps=1", "--trainer.logger=false",
@@ -280,13 +259,13 @@ def test_toy_recipe_through_the_cli(toy, tmp_path, monkeypatch, capsys):
     (["dmd.yaml"], "m2", 2), (["dmd.yaml", "dmd_traj.yaml"], "m2_traj", 2), (["dmd.yaml", "dmd_gan.yaml"], "m2_gan", 2),
     (["dmd.yaml", "dmd_1step.yaml"], "m1", 1), (["dmd.yaml", "dmd_4step.yaml"], "m4", 4)])
 def test_toy_dmd_recipe_through_the_cli(fragments, run, steps, toy, tmp_path, monkeypatch):
-    """experiments/toy/dmd.yaml (+ each fragment of `make dmd`) on accvideo.yaml: one student step, one
+    """experiments/toy/dmd/dmd.yaml (+ each fragment of `make dmd`) on accvideo.yaml: one student step, one
     fake-score-only step; the export samples in the fragment's number of steps."""
     from vdistill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    configs = [arg for f in fragments for arg in ("--config", str(ROOT / "experiments/toy" / f))]
-    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo.yaml"), *configs,
+    configs = [arg for f in fragments for arg in ("--config", str(ROOT / "experiments/toy/dmd" / f))]
+    main(["fit", "--config", str(ROOT / "experiments/toy/accvideo/accvideo.yaml"), *configs,
           f"--model.init_args.teacher={toy / 'teacher'}", f"--data.init_args.root={toy / 'data'}",
           "--data.init_args.batch_size=2", "--trainer.max_steps=2", "--trainer.logger=false",
           "--trainer.enable_progress_bar=false"])

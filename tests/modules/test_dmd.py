@@ -15,14 +15,14 @@ import torch
 from test_resume import KILL_AT, PROBE, assert_resumed_exactly, load, steps_run, write_config
 
 from vdistill.backbones.io import load_backbone
+from vdistill.backbones.student import StudentConfig
 from vdistill.cli import main
+from vdistill.data.trajectories import TrajectoryData
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.fake_score import FakeScoreConfig
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import TrajectoryGuidance
 from vdistill.objectives.distribution_matching import DistributionMatching
-from vdistill.synth import TrajectoryData
+from vdistill.roles.fake_score import FakeScoreConfig
 
 
 class Record(L.Callback):

@@ -15,16 +15,14 @@ import pytest
 import torch
 import yaml
 from cli_helpers import run_cli
+from synth_helpers import flip_bit, write_nan  # noqa: E402
 
 from vdistill.backbones.io import load_backbone
 from vdistill.callbacks.export import ExportBackbone
+from vdistill.data.trajectories import TrajectoryData
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
 from vdistill.objectives import TrajectoryGuidance
-from vdistill.synth import TrajectoryData
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "synth"))  # synth_helpers
-from synth_helpers import flip_bit, write_nan  # noqa: E402
 
 
 @pytest.fixture
@@ -139,7 +137,7 @@ import lightning as L
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
 from vdistill.objectives import TrajectoryGuidance
-from vdistill.synth import TrajectoryData
+from vdistill.data.trajectories import TrajectoryData
 
 real, calls = TrajectoryGuidance.forward, []
 

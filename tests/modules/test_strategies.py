@@ -20,20 +20,20 @@ import pytest
 import torch
 import yaml
 
+from vdistill.backbones.student import StudentConfig
 from vdistill.cli import main
+from vdistill.commands.lightning_cli import VDistillCLI
 from vdistill.data.toy import ToyVideos
-from vdistill.lightning_cli import VDistillCLI
-from vdistill.modules.clipping import ShardedGradientClipping
-from vdistill.modules.discriminator import Discriminator
+from vdistill.data.trajectories import TrajectoryData
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import AdversarialAlignment, ConsistencyDistillation, TrajectoryGuidance
 from vdistill.objectives.reward import RewardFeedback
-from vdistill.synth import TrajectoryData
+from vdistill.roles.discriminator import Discriminator
+from vdistill.training.clipping import ShardedGradientClipping
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ROOT / "experiments" / "strategies"
-ACCVIDEO = str(ROOT / "experiments" / "toy" / "accvideo.yaml")
+ACCVIDEO = str(ROOT / "experiments" / "toy" / "accvideo" / "accvideo.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore:critic 'img' has no checkpoint")
 
 #: a callback the CLI loads by class path: each rank saves its student, heads and the samples it trained on

@@ -10,10 +10,10 @@ from objective_helpers import key_batch, tiny_toy
 from torch import nn
 
 from vdistill.backbones.base import cat_text
+from vdistill.backbones.student import make_student
 from vdistill.errors import UserError
-from vdistill.modules.discriminator import Discriminator
-from vdistill.modules.student import make_student
 from vdistill.objectives import AdversarialAlignment, FakeQueue, Models, TrajectoryGuidance
+from vdistill.roles.discriminator import Discriminator
 
 LAMBDA = 0.1
 

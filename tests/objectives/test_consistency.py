@@ -8,10 +8,10 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 from objective_helpers import PROMPTS, tiny_toy
 
+from vdistill.backbones.student import make_student
 from vdistill.diffusion.consistency import consistency_grid, consistency_output
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
 from vdistill.errors import UserError
-from vdistill.modules.student import make_student
 from vdistill.objectives import ConsistencyDistillation, Models, pseudo_huber
 from vdistill.objectives.consistency import encode_videos
 

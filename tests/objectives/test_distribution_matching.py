@@ -10,12 +10,12 @@ import torch
 from objective_helpers import PROMPTS, key_batch, tiny_toy
 from torch import nn
 
+from vdistill.backbones.student import make_student
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
 from vdistill.errors import UserError
-from vdistill.modules.fake_score import FakeScoreConfig
-from vdistill.modules.student import make_student
 from vdistill.objectives.base import Models
 from vdistill.objectives.distribution_matching import DistributionMatching, DMDBatch, rollout
+from vdistill.roles.fake_score import FakeScoreConfig
 from vdistill.sampling.sampler import sample_latents
 
 SPREAD = 0.7  # the data's standard deviation s

@@ -13,14 +13,16 @@ from objective_helpers import PROMPTS, key_batch, tiny_toy
 from vdistill.backbones.io import save_backbone
 from vdistill.critics import load_critic
 from vdistill.critics import toy as toy_critics
+from vdistill.critics.build import build_critics
+from vdistill.data.trajectories import TrajectoryData
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
 from vdistill.objectives import TrajectoryGuidance
 from vdistill.objectives.base import Models
 from vdistill.objectives.consistency import ConsistencyPrediction
-from vdistill.objectives.reward import STUDENT_X0, RewardFeedback, build_critics, key_point_x0, student_x0
+from vdistill.objectives.reward import STUDENT_X0, RewardFeedback, key_point_x0, student_x0
 from vdistill.objectives.trajectory import key_point_predictions
-from vdistill.synth import TrajectoryData, synthesize
+from vdistill.synth import synthesize
 
 BETAS = {"img": 1.0, "vid": 2.0}
 pytestmark = pytest.mark.filterwarnings("ignore:critic 'img' has no checkpoint")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from objective_helpers import key_batch, tiny_toy
 
+from vdistill.backbones.student import make_student
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
-from vdistill.modules.student import make_student
 from vdistill.objectives import Models, TrajectoryGuidance, jump_coefficients, jump_target
 
 SCHEDULES = {

@@ -1,26 +1,12 @@
 """Fixtures of the latent-cache tests: a folder of tiny mp4s with a captions file (good clips, a corrupt file, a too
-short one, a row with no caption), a tiny toy teacher on disk, and the tiny diffusers folders of
-``tests/backbones`` and the helpers of ``tests/objectives`` / ``tests/data``, reused without copying them."""
+short one, a row with no caption) and tiny toy teachers on disk."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "objectives"))  # objective_helpers
-sys.path.insert(0, str(TESTS / "data"))  # video_helpers
-sys.path.insert(0, str(TESTS / "preprocess"))  # preprocess_helpers
-
-_spec = importlib.util.spec_from_file_location("vdistill_tests_backbone_fixtures", TESTS / "backbones" / "conftest.py")
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
-
-wan_dir = _fixtures.wan_dir
-wan_pipeline_dir = _fixtures.wan_pipeline_dir
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory) -> Path:

@@ -13,15 +13,15 @@ import yaml
 from torch.utils.data import DataLoader
 
 from vdistill.backbones.io import load_backbone
+from vdistill.backbones.student import StudentConfig
 from vdistill.backbones.toy import ToyBackbone
+from vdistill.commands.preprocess import run
 from vdistill.data.decode import ClipSpec
+from vdistill.data.latent_clips import CollateClips, LatentClips
 from vdistill.data.videos import VideoClipDataset
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import ConsistencyDistillation
-from vdistill.preprocess.command import run
-from vdistill.preprocess.dataset import CollateClips, LatentClips
 
 pytestmark = pytest.mark.filterwarnings("ignore:critic 'img' has no checkpoint")
 
@@ -102,7 +102,7 @@ def test_vdistill_fit_trains_consistency_and_rewards_on_the_cache(toy_teachers, 
                        {"class_path": "RewardFeedback", "init_args": {"critics": {"img": 0.5}}}],
         "critics": {"img": {"critic": "toy-image", "checkpoint": None, "size": "tiny", "num_frames": 2}},
         "lr": 1e-3}},
-        "data": {"class_path": "vdistill.preprocess.dataset.LatentClips",
+        "data": {"class_path": "vdistill.data.latent_clips.LatentClips",
                  "init_args": {"root": str(root), "batch_size": 2, "num_workers": 1}},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "logger": False,
                     "enable_progress_bar": False, "enable_model_summary": False,

@@ -17,13 +17,13 @@ from preprocess_helpers import ROWS
 
 from vdistill.backbones.base import text_to
 from vdistill.backbones.io import load_backbone
+from vdistill.commands.preprocess import run
 from vdistill.data.decode import ClipSpec
+from vdistill.data.latent_cache import load_manifest, pad_tail, trim_tail
+from vdistill.data.latent_clips import LatentClipDataset
+from vdistill.data.shards import ShardError
 from vdistill.data.videos import VideoClipDataset
 from vdistill.errors import UserError
-from vdistill.preprocess import LatentClipDataset, load_manifest
-from vdistill.preprocess.cache import pad_tail, trim_tail
-from vdistill.preprocess.command import run
-from vdistill.synth.shards import ShardError
 
 TOY = ["--shard-size", "2", "--batch-size", "2", "--workers", "0", "--quiet"]
 #: the readable rows of :data:`ROWS` in file order (the corrupt, too short and caption-less ones are skipped)
@@ -100,7 +100,7 @@ def write_then_die(*args, **kwargs):
 
 
 original, writer.write_shard = writer.write_shard, write_then_die
-from vdistill.preprocess.command import run
+from vdistill.commands.preprocess import run
 
 run(sys.argv[1:])
 """

@@ -10,8 +10,8 @@ from vdistill.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 REAL_SIZE = sorted(str(p.relative_to(ROOT)) for d in ("wan", "modelscope", "hunyuan")
                    for p in (ROOT / "experiments" / d).glob("*.yaml"))
-TOY = [["experiments/toy/accvideo.yaml"], ["experiments/toy/turbo.yaml"],
-       ["experiments/toy/accvideo.yaml", "experiments/toy/dmd.yaml"]]
+TOY = [["experiments/toy/accvideo/accvideo.yaml"], ["experiments/toy/turbo/turbo.yaml"],
+       ["experiments/toy/accvideo/accvideo.yaml", "experiments/toy/dmd/dmd.yaml"]]
 
 
 def test_bad_config_is_one_line(tmp_path, capsys, monkeypatch):

@@ -71,8 +71,8 @@ def test_wan_recipe_measures_step_and_both_videos(tiny_wan_configs, tmp_path, ca
 
 def test_consistency_student_alone(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    data, table = measured(["--config", "experiments/toy/turbo.yaml", "--batch", "2", "--measure-videos", "student"],
-                           tmp_path, capsys)
+    data, table = measured(["--config", "experiments/toy/turbo/turbo.yaml", "--batch", "2",
+                            "--measure-videos", "student"], tmp_path, capsys)
     videos = data["measured"]["videos"]
     assert set(videos) == {"warmup_denoising_steps", "student"}  # no teacher video, so no measured speed-up
     positive_and_finite(videos)
@@ -85,7 +85,7 @@ def test_consistency_student_alone(tmp_path, capsys, monkeypatch):
 def test_bad_measure_option_is_one_line(flag, value, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as err:
-        main(["profile", "--config", "experiments/toy/turbo.yaml", "--measure", flag, value])
+        main(["profile", "--config", "experiments/toy/turbo/turbo.yaml", "--measure", flag, value])
     assert err.value.code == 2
     msg = capsys.readouterr().err.strip()
     assert msg.count("\n") == 0 and flag in msg
@@ -95,7 +95,7 @@ def test_bad_measure_option_is_one_line(flag, value, capsys, monkeypatch):
 def test_measure_without_gpu_is_one_line(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as err:
-        main(["profile", "--config", "experiments/toy/turbo.yaml", "--measure"])
+        main(["profile", "--config", "experiments/toy/turbo/turbo.yaml", "--measure"])
     assert err.value.code == 2
     msg = capsys.readouterr().err.strip()
     assert msg.count("\n") == 0 and "GPU" in msg

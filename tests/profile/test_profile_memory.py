@@ -7,8 +7,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-from vdistill.profile.command import parse_args
-from vdistill.profile.command import profile as predict
+from vdistill.commands.profile import parse_args
+from vdistill.commands.profile import profile as predict
 from vdistill.profile.measure import run_step, trained_parameters
 from vdistill.profile.recipe import read_recipe
 from vdistill.profile.trace import build
@@ -26,7 +26,7 @@ def allocated_peak(fn) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("configs", [["experiments/toy/accvideo.yaml"], ["experiments/toy/turbo.yaml"]])
+@pytest.mark.parametrize("configs", [["experiments/toy/accvideo/accvideo.yaml"], ["experiments/toy/turbo/turbo.yaml"]])
 def test_predicted_peak_is_within_10_percent_of_a_real_step(configs, monkeypatch):
     monkeypatch.chdir(ROOT)
     argv = [a for c in configs for a in ("--config", c)] + ["--devices", "1", "--batch", "4"]

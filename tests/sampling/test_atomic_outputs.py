@@ -117,7 +117,7 @@ def test_failed_sample_into_a_new_folder_leaves_none(prompts, tmp_path, capsys, 
 
 
 def test_sample_refuses_a_folder_it_would_destroy(prompts, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("vdistill.sampling.command.load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("vdistill.commands.sample.load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.ckpt").write_text("precious")
     code, err = sample(prompts, tmp_path / "run", capsys)
@@ -252,7 +252,7 @@ def test_failed_export_into_a_new_folder_leaves_none(error, tmp_path, capsys, mo
 
 
 def test_export_refuses_a_folder_it_would_destroy(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("vdistill.export.load_backbone", lambda *a, **k: pytest.fail("checkpoint loaded"))
+    monkeypatch.setattr("vdistill.backbones.export.load_backbone", lambda *a, **k: pytest.fail("checkpoint loaded"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("precious")
     code, err = export(tmp_path / "run", capsys)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from diffusers import LCMScheduler
 
+from vdistill.backbones.student import set_consistency_sampling
 from vdistill.backbones.toy import ToyBackbone
 from vdistill.diffusion.consistency import consistency_grid, consistency_output, lcm_timesteps
 from vdistill.diffusion.schedules import DDPMSchedule, FlowSchedule
 from vdistill.errors import UserError
-from vdistill.sampling.consistency import sample_consistency, seeded_noise, set_consistency_sampling
+from vdistill.sampling.consistency import sample_consistency, seeded_noise
 from vdistill.sampling.generate import generate
 from vdistill.sampling.sampler import initial_noise
 

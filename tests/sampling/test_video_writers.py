@@ -19,9 +19,10 @@ import torch
 from cli_helpers import run_cli
 from PIL import Image
 
+from vdistill.commands import sample as command
+from vdistill.commands.sample import write_samples
 from vdistill.errors import UserError
-from vdistill.sampling import command, video_io
-from vdistill.sampling.command import write_samples
+from vdistill.sampling import video_io
 from vdistill.sampling.generate import Generated
 from vdistill.sampling.video_io import gif_grid, gif_scale, mp4_upscale, to_uint8, write_gif_grid, write_mp4
 
@@ -50,7 +51,7 @@ from pathlib import Path
 import imageio_ffmpeg
 sys.path[:0] = [{here!r}, {tests!r}]
 from test_video_writers import scene
-from vdistill.sampling.command import write_samples
+from vdistill.commands.sample import write_samples
 from vdistill.sampling.generate import Generated
 
 def status(key):

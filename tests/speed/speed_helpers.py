@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
-from vdistill.synth import TrajectoryData
+from vdistill.data.trajectories import TrajectoryData
 
 
 def fit(model, data: Path, max_steps: int, callbacks=(), **trainer):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from speed_helpers import fit
 
+from vdistill.backbones.student import StudentConfig, make_student
 from vdistill.callbacks import throughput
 from vdistill.callbacks.throughput import ThroughputMemory
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig, make_student
 from vdistill.objectives import TrajectoryGuidance
 
 

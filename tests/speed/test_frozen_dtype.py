@@ -9,9 +9,9 @@ import torch
 from objective_helpers import tiny_toy
 from speed_helpers import fit, param_bytes
 
+from vdistill.backbones.student import StudentConfig
 from vdistill.critics import load_critic
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import TrajectoryGuidance
 from vdistill.objectives.reward import RewardFeedback
 

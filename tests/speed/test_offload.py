@@ -11,11 +11,11 @@ import torch
 from objective_helpers import tiny_toy
 
 from vdistill.backbones.io import save_backbone
+from vdistill.backbones.student import StudentConfig
 from vdistill.critics import load_critic
 from vdistill.data.toy import ToyVideos
 from vdistill.errors import UserError
 from vdistill.modules.distill import Distillation
-from vdistill.modules.student import StudentConfig
 from vdistill.objectives import ConsistencyDistillation
 from vdistill.objectives.reward import RewardFeedback
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from objective_helpers import tiny_toy
 
+from vdistill.backbones.student import make_student
 from vdistill.errors import UserError
-from vdistill.modules.student import make_student
 
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
 

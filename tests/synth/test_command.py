@@ -7,7 +7,7 @@ import torch
 from vdistill.backbones.io import save_backbone
 from vdistill.backbones.toy import ToyBackbone
 from vdistill.cli import main
-from vdistill.synth.dataset import TrajectoryDataset
+from vdistill.data.trajectories import TrajectoryDataset
 
 
 def test_synth_command_writes_and_resumes(tmp_path, capsys):

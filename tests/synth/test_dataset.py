@@ -8,9 +8,10 @@ import pytest
 import torch
 from synth_helpers import KEYS, PROMPTS, one_thread
 
-import vdistill.synth.shards as shards
+import vdistill.data.shards as shards
+from vdistill.data.trajectories import TrajectoryData, TrajectoryDataset
 from vdistill.errors import UserError
-from vdistill.synth import TrajectoryData, TrajectoryDataset, read_shard, synthesize
+from vdistill.synth import read_shard, synthesize
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from cli_helpers import run_cli
 from synth_helpers import KEYS, PROMPTS, flip_bit, one_thread, tiny_teacher, write_nan
 from torch.utils.data import DataLoader
 
-import vdistill.synth.command as command
-import vdistill.synth.shards as shards
+import vdistill.commands.synth as command
+import vdistill.data.shards as shards
 import vdistill.synth.writer as writer
 from vdistill.backbones.io import save_backbone
 from vdistill.data.toy import ToyVideos
+from vdistill.data.trajectories import TrajectoryData, TrajectoryDataset, collate
 from vdistill.errors import UserError
-from vdistill.synth import TrajectoryData, TrajectoryDataset, load_manifest, synthesize, verify
-from vdistill.synth.dataset import collate
+from vdistill.synth import load_manifest, synthesize, verify
 
 RUN = dict(key_indices=KEYS, shard_size=2, batch_size=2, seed=7, progress=False)
 

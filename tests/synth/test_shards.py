@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vdistill.data.shards import atomic_write, check_shard, read_shard, settings_diff, write_shard
 from vdistill.errors import UserError
-from vdistill.synth.shards import atomic_write, check_shard, read_shard, settings_diff, write_shard
 
 SETTINGS = {"key_indices": [0, 2], "latent_shape": [3, 2, 4, 4], "dtype": "bfloat16", "seed": 10}
 

@@ -45,10 +45,6 @@ def expand_text(cond: TextCond, batch: int) -> TextCond:
     return {k: v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in cond.items()}
 
 
-def index_text(cond: TextCond, index: Tensor | slice) -> TextCond:
-    return {k: v[index] for k, v in cond.items()}
-
-
 def text_to(cond: TextCond, device: torch.device | str, dtype: torch.dtype | None = None) -> TextCond:
     """Move a conditioning; floating tensors are cast to ``dtype`` when given, masks and ids keep theirs."""
     return {k: v.to(device, dtype if (dtype is not None and v.is_floating_point()) else v.dtype)

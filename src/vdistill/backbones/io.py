@@ -17,7 +17,7 @@ grid), ``lora`` (rank, alpha, targets of a LoRA student; it is merged into the w
 ``vdistill sample`` uses the multistep consistency sampler and the embedded guidance scale without flags).
 
 A LoRA student's Lightning checkpoint may be adapter-only (``vdistill_teacher`` names the teacher its frozen
-weights come from; see :func:`vdistill.modules.student.student_from_adapter_checkpoint`).
+weights come from; see :func:`student_from_adapter_checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vdistill.backbones.base import Backbone
 from vdistill.backbones.diffusers_io import resolve_dtype
 from vdistill.backbones.pipelines import MODEL_INDEX, is_pipeline_folder, pipeline_backbone
 from vdistill.checkpoints import load_checkpoint_file, load_strict, read_state_dict
-from vdistill.config import from_config, to_config
+from vdistill.config import check_records, from_config, to_config
 from vdistill.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -117,7 +117,7 @@ def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_
                     lora: dict | None = None, sampler: dict | None = None) -> Backbone:
     """Replay on a built model what :func:`backbone_record` recorded (in place)."""
     if lora:
-        from vdistill.modules.student import apply_lora  # peft only for LoRA students
+        from vdistill.backbones.student import apply_lora  # peft only for LoRA students
 
         apply_lora(model, **lora)
     if guidance_embedding:
@@ -125,7 +125,7 @@ def apply_additions(model: Backbone, guidance_embedding: int | None = None, key_
     if key_timesteps:
         model.set_key_timesteps(key_timesteps)
     if sampler:
-        from vdistill.sampling.consistency import set_consistency_sampling
+        from vdistill.backbones.student import set_consistency_sampling
 
         if sampler.get("kind") != "consistency":
             raise UserError(f"unknown sampler {sampler.get('kind')!r} in the model config (known: consistency)")
@@ -162,8 +162,6 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", ad
             if not adapter_only:
                 raise UserError(f"checkpoint {spec!r} is adapter-only; the teacher of an adapter-only checkpoint "
                                 "must be a full model (an exported folder, a full checkpoint or a shipped name)")
-            from vdistill.modules.student import student_from_adapter_checkpoint
-
             return cast_denoiser(student_from_adapter_checkpoint(ckpt, source=spec), dtype).to(map_location).eval()
         model = build_from_config(with_dtype(ckpt["vdistill_backbone"], dtype), source=f"checkpoint {spec!r}")
         state = ckpt.get("state_dict")
@@ -182,7 +180,7 @@ def load_backbone(spec: str | Path, map_location: str | torch.device = "cpu", ad
         raise UserError(f"model {spec!r} is a file but not a .ckpt checkpoint: expected a shipped model "
                         f"({', '.join(SHIPPED)}), a folder (a diffusers pipeline or a vdistill export) or a .ckpt file")
     if getattr(model.denoiser, "vdistill_lora", None) is not None:
-        from vdistill.modules.student import merge_lora  # a plain backbone samples faster than base + adapters
+        from vdistill.backbones.student import merge_lora  # a plain backbone samples faster than base + adapters
 
         merge_lora(model)
     return cast_denoiser(model, dtype).to(map_location).eval()
@@ -243,3 +241,46 @@ def _load_folder(path: Path, spec: str, dtype: str | None = None) -> Backbone:
     weights = path / "model.safetensors"
     load_strict(model, read_state_dict(weights), source=str(weights), expected=set(model.export_state_dict()))
     return model
+
+
+def student_from_adapter_checkpoint(ckpt: dict, source: str = "checkpoint") -> Backbone:
+    """The merged student of an adapter-only Lightning checkpoint (a LoRA student's trainable weights only:
+    adapters and guidance projection, under ``student.``; the distillation module writes it so).
+
+    The teacher named by ``ckpt["vdistill_teacher"]`` (a name / path :func:`load_backbone` resolves, or a backbone
+    config that reloads its weights from its own folder) gives the frozen weights; the student's record
+    (``vdistill_backbone``) gives the adapters' settings, the guidance embedding and the sampling additions.
+    """
+    from vdistill.backbones.student import make_student, merge_lora  # peft only for LoRA students
+
+    where = f"checkpoint {source!r}"
+    spec, record = ckpt["vdistill_teacher"], ckpt["vdistill_backbone"]
+    if not isinstance(record, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(f"{where}: vdistill_backbone and state_dict must be mappings")
+    check_records(record, where)  # the student's own class is not built, but a record naming others is refused
+    additions = check_additions({k: record.get(k) for k in ADDITIONS}, where)
+    lora = additions["lora"]
+    if not lora:
+        raise UserError(f"{source} is adapter-only but records no LoRA settings")
+    if isinstance(spec, str):
+        teacher = load_backbone(spec, adapter_only=False)
+    else:
+        teacher = build_from_config(spec, source=f"{where} (vdistill_teacher)")
+    student = make_student(teacher, "lora", lora["rank"], lora.get("alpha"), lora.get("target_modules"))
+    apply_additions(student, **{k: additions[k] for k in ("guidance_embedding", "key_timesteps", "sampler")})
+    state = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
+    load_strict(student, state, source=source,
+                expected={n for n, p in student.named_parameters() if p.requires_grad})
+    return merge_lora(student)
+
+
+def teacher_reference(teacher: str | Backbone) -> str | dict | None:
+    """How an adapter-only checkpoint names the teacher its frozen weights come from: a shipped name, an absolute
+    path, or the config of a backbone that reloads its weights from its own folder (diffusers teachers); ``None``
+    when the weights cannot be rebuilt that way (a backbone object built in code), so the checkpoint must keep
+    the student's full weights."""
+    if isinstance(teacher, str):
+        path = Path(teacher)
+        return teacher if teacher in SHIPPED or not path.exists() else str(path.resolve())
+    record = backbone_record(teacher)
+    return record if "path" in record.get("init_args", {}) and not teacher.has_guidance_embedding else None

@@ -1,6 +1,6 @@
 """A student of a diffusers teacher written as a diffusers pipeline folder (``DiffusionPipeline.from_pretrained``).
 
-Into ``folder`` (the temporary folder of an export, :func:`vdistill.export.write_export`):
+Into ``folder`` (the temporary folder of an export, :func:`vdistill.backbones.export.write_export`):
 
 * ``model_index.json``: the teacher's pipeline class (``WanPipeline``, ``TextToVideoSDPipeline``) and its parts;
 * ``transformer/`` or ``unet/``: the student's denoiser with its LoRA adapters merged and a fixed embedded

@@ -3,7 +3,7 @@
 Lightning's ``EMAWeightAveraging`` averages the whole LightningModule: next to a frozen teacher (and critics) that
 is a second copy of models that never change. This callback averages only the trainable parameters of one
 backbone (``pl_module.student``; for a LoRA student its adapters and guidance projection) with
-:class:`~vdistill.modules.ema.EMAWeights`, kept in float32 whatever the training precision.
+:class:`~vdistill.roles.ema.EMAWeights`, kept in float32 whatever the training precision.
 
 Which weights are used where (the rule):
 
@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone
-from vdistill.callbacks.periodic import backbone_of
+from vdistill.callbacks.target import backbone_of
 from vdistill.errors import UserError
-from vdistill.modules.ema import EMAWeights
+from vdistill.roles.ema import EMAWeights
 
 _SHARDED = ("FSDPStrategy", "ModelParallelStrategy")
 

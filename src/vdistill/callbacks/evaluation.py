@@ -43,7 +43,7 @@ class PeriodicEvaluation(PeriodicSampling):
         toybench: score with ToyBench; ``None``: when every prompt is a toy caption.
         critics: ``None``: the module's own critics (``model.critics`` of a reward-feedback run), if any; a list
             of critic names or ``{name: spec}`` as ``model.critics`` takes them
-            (:func:`~vdistill.objectives.reward.build_critics`: ``{hpsv2: {checkpoint: HPS_v2.1_compressed.pt}}``);
+            (:func:`~vdistill.critics.build.build_critics`: ``{hpsv2: {checkpoint: HPS_v2.1_compressed.pt}}``);
             ``[]``: none.
         prefix: the metric prefix.
         **kwargs: ``seed``, ``steps``, ``guidance``, ``batch_size``, ``attr``, ``at_start``, ``at_end`` of
@@ -84,7 +84,7 @@ class PeriodicEvaluation(PeriodicSampling):
             if self.critic_specs is None:
                 self._critics = getattr(pl_module, "critics", None) or nn.ModuleDict()
             else:
-                from vdistill.objectives.reward import build_critics
+                from vdistill.critics.build import build_critics
 
                 self._critics = build_critics(self.critic_specs).to(pl_module.device)
         return self._critics

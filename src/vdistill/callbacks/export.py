@@ -1,19 +1,19 @@
 """Export the trained backbone as a folder that ``vdistill sample --model`` loads and, for diffusers teachers, that
-``DiffusionPipeline.from_pretrained`` loads (the same folder as ``vdistill export``, :mod:`vdistill.export`).
+``DiffusionPipeline.from_pretrained`` loads (the same folder as ``vdistill export``, :mod:`vdistill.backbones.export`).
 
 The folder is written as a temporary folder beside ``dirpath`` and renamed into place when complete
-(:func:`vdistill.export.write_export`): a fit that dies while exporting (a full disk, a kill) leaves the earlier
-export complete, or none, never a half one. ``dirpath`` is replaced as a whole, so a folder holding anything but an
-export is refused when ``fit`` starts, not after training.
+(:func:`vdistill.backbones.export.write_export`): a fit that dies while exporting (a full disk, a kill) leaves the
+earlier export complete, or none, never a half one. ``dirpath`` is replaced as a whole, so a folder holding anything but
+an export is refused when ``fit`` starts, not after training.
 """
 
 from __future__ import annotations
 
 import lightning as L
 
+from vdistill.backbones.export import check_export_folder, write_export
 from vdistill.callbacks.ema import use_ema
-from vdistill.callbacks.periodic import backbone_of
-from vdistill.export import check_export_folder, write_export
+from vdistill.callbacks.target import backbone_of
 
 
 class ExportBackbone(L.Callback):
@@ -21,7 +21,7 @@ class ExportBackbone(L.Callback):
 
     ``backbone.yaml`` + ``model.safetensors``, and for a student of a diffusers teacher the diffusers pipeline
     (merged denoiser, scheduler, the teacher's VAE, text encoder and tokenizer) with, for a LoRA student,
-    ``pytorch_lora_weights.safetensors`` (:func:`vdistill.export.write_export`).
+    ``pytorch_lora_weights.safetensors`` (:func:`vdistill.backbones.export.write_export`).
 
     With an :class:`~vdistill.callbacks.ema.EMA` callback in the trainer the EMA weights are exported (unless
     ``ema`` is false); the checkpoints keep the online weights. The folder is replaced atomically (module docstring).

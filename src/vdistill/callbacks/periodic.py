@@ -17,7 +17,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from vdistill.backbones.base import Backbone
+from vdistill.callbacks.ema import use_ema
+from vdistill.callbacks.target import backbone_of
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
 from vdistill.sampling.generate import Generated, generate
@@ -27,24 +28,6 @@ from vdistill.world.captions import COLOURS, MOTIONS, SHAPES
 #: (prompt i: colour i mod 4, shape i mod 3, motion i div 3): a cheap but balanced evaluation set.
 SMALL_TOY_PROMPTS: tuple[str, ...] = tuple(
     f"a {list(COLOURS)[i % 4]} {SHAPES[i % 3]} moving {MOTIONS[i // 3]}" for i in range(12))
-
-
-def backbone_of(pl_module: L.LightningModule, attr: str | None = None) -> tuple[str, Backbone]:
-    """``(name, pl_module.<name>)``: the backbone a callback samples, averages or exports.
-
-    Args:
-        pl_module: the LightningModule.
-        attr: the attribute name; ``None``: ``student`` if the module has one (distillation), else ``backbone``
-            (teacher training).
-    """
-    found = [n for n, m in pl_module.named_children() if isinstance(m, Backbone)]
-    names = (attr,) if attr is not None else ("student", "backbone")
-    for name in names:
-        if isinstance(getattr(pl_module, name, None), Backbone):
-            return name, getattr(pl_module, name)
-    wanted = repr(attr) if attr is not None else "'student' or 'backbone'"
-    raise UserError(f"{type(pl_module).__name__} has no backbone attribute {wanted}; valid choices: "
-                    f"{', '.join(found) or 'none (this module holds no backbone)'}")
 
 
 def resolve_prompts(prompts: Sequence[str] | str | None, repeat: int = 1) -> list[str]:
@@ -138,7 +121,6 @@ class PeriodicSampling(L.Callback, ABC):
     # -- sampling ----------------------------------------------------------------------------------------
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Generated:
         """One video per prompt, ``videos`` ``[N, T, 3, H, W]`` in [0, 1] on the CPU (see the module docstring)."""
-        from vdistill.callbacks.ema import use_ema  # ema imports this module
 
         _, model = backbone_of(pl_module, self.attr)
         device = next(model.denoiser.parameters()).device

@@ -29,7 +29,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
 
-from vdistill.callbacks.periodic import PeriodicSampling, backbone_of
+from vdistill.callbacks.periodic import PeriodicSampling
+from vdistill.callbacks.target import backbone_of
 from vdistill.errors import UserError
 from vdistill.sampling.generate import Generated, video_size
 from vdistill.sampling.video_io import check_npz, encode_gif, gif_grid, save_npz, wants_npz, write_gif_grid, write_mp4

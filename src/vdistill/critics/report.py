@@ -9,13 +9,12 @@
   correctness, :mod:`vdistill.world.toybench`). Without samples, real videos paired with captions that have 0-3
   attributes swapped give a controlled spread of semantic accuracy.
 
-``vdistill critic-report --critic toy-video --checkpoint shipped [--samples videos.npz ...]`` prints both.
+``vdistill critic-report --critic toy-video --checkpoint shipped [--samples videos.npz ...]`` prints both
+(:mod:`vdistill.commands.critic_report`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,26 +115,3 @@ def critic_report(critic: Critic, videos: Tensor, prompts: Sequence[str],
     for name, (v, p) in (samples or {}).items():
         report["agreement"][name] = oracle_agreement(critic, v, p)
     return report
-
-
-def run(argv: list[str]) -> None:
-    """``vdistill critic-report``: print (and optionally save) :func:`critic_report` for one critic."""
-    from vdistill.critics import load_critic
-    from vdistill.sampling.video_io import load_npz
-
-    parser = argparse.ArgumentParser(prog="vdistill critic-report", description=__doc__.splitlines()[0])
-    parser.add_argument("--critic", required=True, help="registered critic name, e.g. toy-image, toy-video")
-    parser.add_argument("--checkpoint", default="shipped", help="weights file, or 'shipped' (default)")
-    parser.add_argument("--samples", nargs="*", default=[], help="videos.npz files (vdistill sample) to correlate")
-    parser.add_argument("--per-caption", type=int, default=20, help="real videos per caption (default 20)")
-    parser.add_argument("--json", help="also write the report here")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    critic = load_critic(args.critic, checkpoint=args.checkpoint)
-    videos, prompts = real_videos(args.per_caption)
-    report = critic_report(critic, videos, prompts, {path: load_npz(path) for path in args.samples})
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")

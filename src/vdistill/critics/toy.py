@@ -44,7 +44,7 @@ TOY_MEAN, TOY_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 MAX_LOGIT_SCALE = 100.0
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "critics"
-#: ``checkpoint="shipped"`` resolves to these files (written by ``experiments/toy/critics.yaml``).
+#: ``checkpoint="shipped"`` resolves to these files (written by ``experiments/toy/critics/critics.yaml``).
 SHIPPED_CRITICS: dict[str, Path] = {"toy-image": ASSETS / "toy-image.safetensors",
                                      "toy-video": ASSETS / "toy-video.safetensors"}
 
@@ -160,7 +160,7 @@ def shipped_critic_path(name: str) -> Path:
     path = SHIPPED_CRITICS[name]
     if not path.is_file():
         raise UserError(f"the shipped {name} weights are missing: {str(path)!r} does not exist. Train them with "
-                        f"`vdistill fit --config experiments/toy/critics.yaml` and copy "
+                        f"`vdistill fit --config experiments/toy/critics/critics.yaml` and copy "
                         f"runs/toy/critics/export/{name}.safetensors there, or pass checkpoint=<file.safetensors>")
     return path
 

@@ -12,7 +12,7 @@ exactly the student's times, else one of vdistill's own (:mod:`vdistill.diffusio
 * DDPM students stepping DDIM along ``grid``: ``DDIMScheduler`` with ``set_alpha_to_one`` and the first of the
   ``trailing`` / ``leading`` / ``linspace`` spacings that visits ``grid`` (its steps all go
   ``num_train_timesteps // m`` down); other grids get ``KeyTimestepDDIMScheduler``.
-* Consistency students (:func:`vdistill.sampling.consistency.set_consistency_sampling`): DDPM: ``LCMScheduler``
+* Consistency students (:func:`vdistill.backbones.student.set_consistency_sampling`): DDPM: ``LCMScheduler``
   (``original_inference_steps`` = the student's grid; its timesteps, scalings and re-noising are vdistill's,
   tested against it); flow: ``FlowConsistencyScheduler`` (diffusers' ``FlowMatchLCMScheduler`` has no boundary
   scalings, and ``WanPipeline`` does not seed its per-step noise).

@@ -99,21 +99,6 @@ class NoiseSchedule(RecordsInit, ABC):
     def to_x0(self, raw: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return self.to_x0_eps(raw, x_t, t)[0]
 
-    def convert(self, raw: Tensor, x_t: Tensor, t: Tensor, to: str) -> Tensor:
-        """Re-express a raw prediction in another parameterisation (``epsilon``, ``v_prediction``,
-        ``sample`` or ``flow``) of the same forward process."""
-        x0, eps = self.to_x0_eps(raw, x_t, t)
-        alpha, sigma = (_bcast(c, x_t) for c in self.coefficients(t.to(x_t.device)))
-        if to == "epsilon":
-            return eps
-        if to == "sample":
-            return x0
-        if to == "v_prediction":
-            return alpha * eps - sigma * x0
-        if to == "flow":
-            return eps - x0
-        raise UserError(f"cannot convert to {to!r}; choose one of ['epsilon', 'v_prediction', 'sample', 'flow']")
-
     # -- the deterministic step shared by DDIM (eta 0) and Euler flow --------------------------------------
     def step(self, raw: Tensor, x_t: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         """One deterministic solver step from ``t`` to ``t_next`` (DDIM eta 0 / Euler for rectified flow:
@@ -269,9 +254,4 @@ def timesteps_at(grid: Tensor, indices: list[int]) -> Tensor:
     return grid[torch.tensor(indices, dtype=torch.long)]
 
 
-def snr(schedule: NoiseSchedule, t: Tensor) -> Tensor:
-    alpha, sigma = schedule.coefficients(t)
-    return (alpha / sigma.clamp(min=1e-12)) ** 2
-
-
-__all__ = ["NoiseSchedule", "DDPMSchedule", "FlowSchedule", "timesteps_at", "snr"]
+__all__ = ["NoiseSchedule", "DDPMSchedule", "FlowSchedule", "timesteps_at"]

@@ -24,7 +24,7 @@ from vdistill.critics.registry import CRITICS
 from vdistill.critics.report import caption_scores
 from vdistill.critics.toy import ToyCritic, save_toy_critic
 from vdistill.errors import UserError
-from vdistill.modules.clipping import ShardedGradientClipping
+from vdistill.training.clipping import ShardedGradientClipping
 from vdistill.world.captions import all_captions, parse_caption
 
 TRAINABLE = ("toy-image", "toy-video")

@@ -21,7 +21,7 @@ failed fit never reaches). Under DDP / FSDP / DeepSpeed the ranks agree first (o
 ``reduce_boolean_decision``), so all of them stop at the same step and none waits in a collective forever.
 
 Resuming (``--ckpt_path last``) repeats the interrupted run exactly: besides what Lightning restores, checkpoints
-keep every rank's RNG state and fake queues (:mod:`vdistill.modules.resume`), set back at ``on_train_start``, and
+keep every rank's RNG state and fake queues (:mod:`vdistill.training.resume`), set back at ``on_train_start``, and
 the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
 """
 
@@ -39,17 +39,18 @@ from torch import Tensor, nn
 
 from vdistill.backbones.base import Backbone, OnDemand
 from vdistill.backbones.diffusers_io import resolve_dtype
-from vdistill.backbones.io import backbone_record, load_backbone
+from vdistill.backbones.io import backbone_record, load_backbone, teacher_reference
+from vdistill.backbones.student import StudentConfig, hold_frozen_in, is_lora, make_student
+from vdistill.critics.build import build_critics
+from vdistill.data.trajectories import TrajectoryDataset, check_teacher
 from vdistill.errors import UserError
-from vdistill.modules.clipping import ShardedGradientClipping
-from vdistill.modules.discriminator import Discriminator
-from vdistill.modules.ema import EMAWeights
-from vdistill.modules.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
-from vdistill.modules.student import StudentConfig, hold_frozen_in, is_lora, make_student, teacher_reference
 from vdistill.objectives.base import Models, Objective, check_needs
-from vdistill.objectives.reward import build_critics, check_critic_names
+from vdistill.objectives.reward import check_critic_names
 from vdistill.objectives.trajectory import trajectory_errors
-from vdistill.synth.dataset import TrajectoryDataset, check_teacher
+from vdistill.roles.discriminator import Discriminator
+from vdistill.roles.ema import EMAWeights
+from vdistill.training.clipping import ShardedGradientClipping
+from vdistill.training.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 #: frozen parts ``offload`` can hold off the device between their uses
@@ -119,7 +120,7 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         critics: reward critics by the names reward objectives use: ``{name: {checkpoint: ..., **load_critic
             options, critic: registered name (default: name), grad_checkpointing: bool}}`` or a list of names
             (toy critics: their shipped weights); frozen, in eval mode, never saved in checkpoints (see
-            :func:`~vdistill.objectives.reward.build_critics`).
+            :func:`~vdistill.critics.build.build_critics`).
         frozen_dtype: hold every frozen weight in this dtype (``bfloat16``: half the bytes): the teacher, its text
             encoders, a LoRA student's and a LoRA fake score's base weights, the critics; the trainable weights
             (a full student, adapters, heads) are kept in float32 and the VAE in its configured dtype (``vae_dtype``:

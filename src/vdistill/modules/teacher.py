@@ -10,7 +10,7 @@ from torch import Tensor
 
 from vdistill.backbones.base import Backbone
 from vdistill.config import to_config
-from vdistill.modules.clipping import ShardedGradientClipping
+from vdistill.training.clipping import ShardedGradientClipping
 
 
 class TeacherTraining(ShardedGradientClipping, L.LightningModule):

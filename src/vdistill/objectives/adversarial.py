@@ -82,7 +82,7 @@ class FakeQueue(nn.Module):
 
 
 class AdversarialAlignment(Objective):
-    """AccVideo's adversarial alignment with the noise-aware :class:`~vdistill.modules.discriminator.Discriminator`.
+    """AccVideo's adversarial alignment with the noise-aware :class:`~vdistill.roles.discriminator.Discriminator`.
 
     Args:
         weight: lambda_adv, the weight of the generator term ``L_G`` (the paper's 0.1).

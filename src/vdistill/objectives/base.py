@@ -7,12 +7,12 @@ ONE backward, so each term must reach only the parameters it is meant to train (
 
 ``needs`` names what an objective cannot work without, checked when the distillation module is built or set up:
 
-* ``trajectory``: batches of teacher key points (:class:`~vdistill.synth.TrajectoryData`),
+* ``trajectory``: batches of teacher key points (:class:`~vdistill.data.trajectories.TrajectoryData`),
 * ``teacher``: the frozen teacher (consistency distillation),
 * ``videos``: batches of real clips and their prompts, as pixels (``VideoClips``, ``ToyVideos``) or as the
   teacher's latents and text conditioning from a ``vdistill preprocess`` cache (``LatentClips``); consistency
   distillation,
-* ``discriminator``: a :class:`~vdistill.modules.discriminator.Discriminator` (adversarial alignment),
+* ``discriminator``: a :class:`~vdistill.roles.discriminator.Discriminator` (adversarial alignment),
 * ``critics``: reward models (reward feedback).
 """
 
@@ -53,7 +53,7 @@ class Models:
         discriminator: the discriminator (bound to the teacher), if any.
         critics: reward models by name, if any.
         guidance: embedded guidance scale fed to students with a guidance embedding (None: none).
-        target: an EMA of the student's trainable weights (:class:`~vdistill.modules.ema.EMAWeights`), the
+        target: an EMA of the student's trainable weights (:class:`~vdistill.roles.ema.EMAWeights`), the
             consistency target network; None: the online student is its own target.
     """
 

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone, TextCond
+from vdistill.backbones.student import DEFAULT_GUIDANCE, set_consistency_sampling
 from vdistill.diffusion.consistency import consistency_grid, consistency_output
 from vdistill.errors import UserError
 from vdistill.objectives.base import Models, Objective
-from vdistill.sampling.consistency import DEFAULT_GUIDANCE, set_consistency_sampling
 
 
 def pseudo_huber(a: Tensor, b: Tensor, c: float = 0.001) -> Tensor:
@@ -52,10 +52,10 @@ def encode_videos(batch: dict, models: Models) -> VideoBatch:
     """The batch's clips as the teacher encodes them, once per step (cached in ``models.cache`` for every objective
     that reads the same clips).
 
-    A batch of pixels (``videos`` ``[B, T, 3, H, W]`` in [0, 1], ``prompts``) is encoded by the frozen teacher's VAE
-    and text encoder. A batch of a latent cache (:class:`~vdistill.preprocess.LatentClips`: ``latents`` ``[B, C, T',
-    H', W']``, ``text``, ``uncond``, ``prompts``) was encoded by them once, by ``vdistill preprocess``: it is used as
-    it is, so neither encoder runs (the empty prompt is encoded only when the batch lacks ``uncond``)."""
+    A batch of pixels (``videos`` ``[B, T, 3, H, W]`` in [0, 1], ``prompts``) is encoded by the frozen teacher's VAE and
+    text encoder. A batch of a latent cache (:class:`~vdistill.data.latent_clips.LatentClips`: ``latents``
+    ``[B, C, T', H', W']``, ``text``, ``uncond``, ``prompts``) was encoded by them once, by ``vdistill preprocess``:
+    it is used as it is, so neither encoder runs (the empty prompt is encoded only when the batch lacks ``uncond``)."""
     if "videos" in models.cache:
         return models.cache["videos"]
     teacher, prompts = models.teacher, list(batch["prompts"])

@@ -37,9 +37,9 @@ from torch import Tensor
 from vdistill.backbones.base import Backbone, TextCond, cat_text
 from vdistill.diffusion.schedules import FlowSchedule, NoiseSchedule
 from vdistill.errors import UserError
-from vdistill.modules.fake_score import FakeScore, FakeScoreConfig
 from vdistill.objectives.base import Models, Objective
 from vdistill.objectives.consistency import encode_videos
+from vdistill.roles.fake_score import FakeScore, FakeScoreConfig
 
 
 def dmd_gradient(x0: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ for epoch 0 and no replacement; ``random_start=False``: the first frame). A file
 short is skipped and listed in the manifest with its reason, never replaced by the next row, so the cache holds
 exactly VideoClips' epoch-0 clips of the readable files.
 
-What is stored (file layout: :mod:`vdistill.preprocess.cache`):
+What is stored (file layout: :mod:`vdistill.data.latent_cache`):
 
 * ``latents``: the VAE posterior's MEAN, what :meth:`Backbone.encode_video` returns and consistency distillation
   encodes on the fly, so a fit on the cache computes the loss a fit on the videos does. FastVideo's preprocessing
@@ -49,10 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from vdistill.backbones.base import Backbone, text_to
 from vdistill.config import to_config
 from vdistill.data.decode import ClipError, read_clip
-from vdistill.data.videos import REASONS, VideoClipDataset
-from vdistill.errors import UserError
-from vdistill.files import TMP, recover
-from vdistill.preprocess.cache import (
+from vdistill.data.latent_cache import (
     STORAGE_DTYPES,
     UNCOND,
     build_manifest,
@@ -64,7 +61,10 @@ from vdistill.preprocess.cache import (
     trim_tail,
     union_entries,
 )
-from vdistill.synth.shards import MANIFEST, atomic_write_json, file_sha256, jsonable, part_name, shard_name, write_shard
+from vdistill.data.shards import MANIFEST, atomic_write_json, file_sha256, jsonable, part_name, shard_name, write_shard
+from vdistill.data.videos import REASONS, VideoClipDataset
+from vdistill.errors import UserError
+from vdistill.files import TMP, recover
 
 
 class RateColumn(ProgressColumn):

@@ -140,8 +140,8 @@ def _manifest(root: Any) -> dict | None:
 def build(recipe: Recipe, opts: dict, device: str = "meta") -> Setup:
     """The recipe's teacher, student, objectives, discriminator and critics on the meta device (or on ``device``
     with random weights)."""
+    from vdistill.backbones.student import make_student
     from vdistill.diffusion.schedules import timesteps_at
-    from vdistill.modules.student import make_student
 
     teacher = meta_backbone(recipe.teacher, opts.get("teacher_config"), device)
     kind, shape = data_shape(recipe, teacher, opts)
@@ -159,14 +159,14 @@ def build(recipe: Recipe, opts: dict, device: str = "meta") -> Setup:
             disc = instantiate(import_component(recipe.discriminator[0]), dict(recipe.discriminator[1]))
         critics = nn.ModuleDict()
         if recipe.critics:
-            from vdistill.objectives.reward import build_critics  # imports Lightning (rank_zero_warn)
+            from vdistill.critics.build import build_critics  # imports Lightning (rank_zero_warn)
 
             with kept_on_meta() if device == "meta" else contextlib.nullcontext(), quiet_random_critics():
                 critics = build_critics(_critic_specs(recipe.critics))
     frozen_dtype = recipe.model_args.get("frozen_dtype")
     if frozen_dtype is not None:  # as Distillation: frozen weights in that dtype, trainable ones in float32
         from vdistill.backbones.diffusers_io import resolve_dtype
-        from vdistill.modules.student import hold_frozen_in
+        from vdistill.backbones.student import hold_frozen_in
 
         vae = getattr(teacher, "vae", None)
         hold_frozen_in(nn.ModuleList([teacher, student, *objectives, critics]), resolve_dtype(frozen_dtype),

@@ -6,43 +6,23 @@ indices into the N-step grid it was distilled on) the student maps ``x`` to its 
 noise. This is diffusers' ``LCMScheduler.step`` (tested against it), with one forward per step: the guidance
 scale ``w`` goes through the student's guidance embedding, no classifier-free guidance.
 
-A consistency student is marked as such by :func:`set_consistency_sampling`; exports record it (``sampler`` in
-``backbone.yaml``), and :func:`~vdistill.sampling.generate.generate` (so ``vdistill sample``) then samples it
-here with its own default step count and guidance scale.
+A consistency student is marked as such by :func:`~vdistill.backbones.student.set_consistency_sampling`; exports record
+it (``sampler`` in ``backbone.yaml``), and :func:`~vdistill.sampling.generate.generate` (so ``vdistill sample``) then
+samples it here with its own default step count and guidance scale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone, TextCond, text_to
+from vdistill.backbones.student import DEFAULT_GUIDANCE, DEFAULT_STEPS, consistency_sampling
 from vdistill.diffusion.consistency import consistency_output, lcm_timesteps
 from vdistill.errors import UserError
 from vdistill.sampling.sampler import SampleResult
-
-#: T2V-Turbo's sampling defaults: 4 steps at the embedded guidance scale 7.5 (LCM convention)
-DEFAULT_STEPS = 4
-DEFAULT_GUIDANCE = 7.5
-
-
-def set_consistency_sampling(model: Backbone, guidance: float = DEFAULT_GUIDANCE, original_steps: int = 50,
-                             steps: int = DEFAULT_STEPS) -> Backbone:
-    """Mark ``model`` as a consistency student: it samples with :func:`sample_consistency` on the
-    ``original_steps`` grid, ``steps`` steps and embedded guidance ``guidance`` by default, without CFG."""
-    model.vdistill_sampler = {"kind": "consistency", "guidance": float(guidance),
-                              "original_steps": int(original_steps), "steps": int(steps)}
-    model.defaults = replace(model.defaults, steps=int(steps), cfg=1.0)
-    return model
-
-
-def consistency_sampling(model: Backbone) -> dict | None:
-    """The consistency-sampling record of a student (``None`` for any other model)."""
-    record = getattr(model, "vdistill_sampler", None)
-    return record if record is not None and record.get("kind") == "consistency" else None
 
 
 def seeded_noise(shape: Sequence[int], seeds: Sequence[int],

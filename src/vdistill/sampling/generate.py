@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from vdistill.backbones.base import Backbone
+from vdistill.backbones.student import consistency_sampling
 from vdistill.errors import UserError
-from vdistill.sampling.consistency import consistency_sampling, sample_consistency, seeded_noise
+from vdistill.sampling.consistency import sample_consistency, seeded_noise
 from vdistill.sampling.sampler import initial_noise, sample_latents
 
 
@@ -65,7 +66,7 @@ def generate(
     ``cfg`` defaults to the model's own scale; ``cfg = 1`` disables classifier-free guidance (students).
     ``num_frames``, ``height``, ``width``: the video size in pixels (default: the model's own, see
     :func:`video_size`).
-    A consistency student (:func:`~vdistill.sampling.consistency.set_consistency_sampling`) is sampled with the
+    A consistency student (:func:`~vdistill.backbones.student.set_consistency_sampling`) is sampled with the
     multistep consistency sampler, its embedded guidance scale (``guidance``, default: its own) and no CFG.
     """
     consistency = consistency_sampling(model) is not None

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vdistill.synth.shards import atomic_write
+from vdistill.data.shards import atomic_write
 
 # Lightning logs hp_metric = -1 for hyperparameter search when no metric was named: not a result of the run.
 IGNORED_TAGS = {"hp_metric"}

@@ -12,15 +12,10 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,30 +23,12 @@ from typing import Any
 
 import yaml
 
-from vdistill.errors import UserError
+from vdistill.data.shards import atomic_write
 from vdistill.sweep.spec import Run
-from vdistill.synth.shards import atomic_write
 
 RESOLVED, RECORD, DONE, LOG = "resolved.yaml", "sweep.json", "done.json", "fit.log"
 # Init arguments that name where a component writes: a value outside the run folder is shared by every run.
 OUTPUT_KEYS = ("dirpath", "save_dir", "export_dir", "default_root_dir")
-
-
-def print_config(args: list[str]) -> str:
-    """``vdistill fit ARGS --print_config``, in this process (no second start-up of torch and Lightning)."""
-    from vdistill.lightning_cli import VDistillCLI
-
-    buf, argv = io.StringIO(), sys.argv
-    sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv has some (ours: the sweep's)
-    try:
-        with contextlib.redirect_stdout(buf):
-            VDistillCLI(args=["fit", *args, "--print_config"])
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
-    finally:
-        sys.argv = argv
-    return buf.getvalue()
 
 
 def _under(path: str, root: str) -> bool:
@@ -84,26 +61,10 @@ def shared_outputs(cfg: Any, run_dir: str) -> list[str]:
     return found
 
 
-def _innermost(err: argparse.ArgumentError) -> str:
-    """The cause of a "does not validate against any of the Union subtypes" report (its most indented line, e.g.
-    "Option 'lrr' is not accepted"), with the key it was found under; ``""`` for other reports."""
-    text = str(err)
-    if "Does not validate against any of the Union subtypes" not in text:
-        return ""
-    lines = [ln for ln in text.splitlines() if ln.strip(" -") and "NoneType" not in ln and "Given value" not in ln]
-    deepest = max(lines, key=lambda ln: len(ln) - len(ln.lstrip(" -")))
-    key = re.search(r'Parser key "([^"]+)"', text)
-    return deepest.strip(" -") + (f" (under {key.group(1)!r})" if key else "")
-
-
-def resolve(run: Run, run_dir: Path) -> tuple[str, str, list[str]]:
-    """``(resolved.yaml text, its sha256, outputs shared with other runs)`` of one run."""
-    from vdistill.cli import explain_parse_error
-
-    try:
-        cfg = yaml.safe_load(print_config(list(run.args)))
-    except argparse.ArgumentError as err:
-        raise UserError(f"run {run.name!r}: {_innermost(err) or explain_parse_error(err)}") from None
+def resolve(run_dir: Path, printed: str) -> tuple[str, str, list[str]]:
+    """``(resolved.yaml text, its sha256, outputs shared with other runs)`` of one run, from its config as
+    ``vdistill fit --print_config`` prints it (``printed``), moved into ``run_dir``."""
+    cfg = yaml.safe_load(printed)
     cfg.setdefault("trainer", {})
     target = os.path.normpath(str(run_dir))
     root = cfg["trainer"].get("default_root_dir")
@@ -115,7 +76,7 @@ def resolve(run: Run, run_dir: Path) -> tuple[str, str, list[str]]:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Atomic (:func:`~vdistill.synth.shards.atomic_write`), so a crash never leaves half a marker."""
+    """Atomic (:func:`~vdistill.data.shards.atomic_write`), so a crash never leaves half a marker."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
@@ -163,9 +124,10 @@ def _short(marker: dict) -> str:
     return str(marker.get("hash", "?"))[:12]
 
 
-def plan_run(run: Run, out: Path) -> Plan:
+def plan_run(run: Run, out: Path, printed: str) -> Plan:
+    """What to do with ``run`` (run, skip, resume or rerun), given its printed config (:func:`resolve`)."""
     run_dir = out / run.name
-    text, digest, shared = resolve(run, run_dir)
+    text, digest, shared = resolve(run_dir, printed)
     plan = Plan(run, run_dir, text, digest, "run", shared=tuple(shared))
     done, record = read_json(run_dir / DONE), read_json(run_dir / RECORD)
     if done is not None:

@@ -4,7 +4,7 @@ For each prompt ``i`` the teacher integrates its ``steps``-step ODE from the noi
 own CFG scale and solver (:func:`~vdistill.sampling.sampler.sample_latents`); the latents at ``key_indices`` of
 that trajectory (AccVideo: 0, 10, ..., 50 of 50 shift-7 Euler steps, index 0 = the noise, ``steps`` = clean)
 are stored with the text conditioning the teacher saw, never the whole trajectory (AccVideo paper, Sec. 4.1).
-The file layout is described in :mod:`vdistill.synth.shards`.
+The file layout is described in :mod:`vdistill.data.shards`.
 
 Resuming and ranks: shard ``s`` holds prompts ``[s * shard_size, (s + 1) * shard_size)`` and is a deterministic
 function of those prompts and the settings, so a rerun of the same command skips the shards its manifests list
@@ -36,10 +36,7 @@ from torch import Tensor
 
 from vdistill.backbones.base import Backbone, text_to
 from vdistill.config import to_config
-from vdistill.diffusion.schedules import timesteps_at
-from vdistill.errors import UserError
-from vdistill.sampling.sampler import initial_noise, sample_latents
-from vdistill.synth.shards import (
+from vdistill.data.shards import (
     MANIFEST,
     TMP,
     atomic_write_json,
@@ -54,6 +51,9 @@ from vdistill.synth.shards import (
     union_entries,
     write_shard,
 )
+from vdistill.diffusion.schedules import timesteps_at
+from vdistill.errors import UserError
+from vdistill.sampling.sampler import initial_noise, sample_latents
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ACCVIDEO_KEY_INDICES = (0, 10, 20, 30, 40, 50)
