@@ -270,7 +270,7 @@ def run_ok(cmd: list[str], env: dict) -> None:
 def export_student(setup: Setup, module, out: Path) -> Path:
     """The trained trajectory student written as the distillation module writes a checkpoint, then ``vdistill
     export``: a WanPipeline folder."""
-    from vdistill.backbones.export import run as export_run
+    from vdistill.commands.export import run as export_run
 
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)

@@ -86,7 +86,7 @@ def test_a_wan_size_video_is_written_in_bounded_memory(tmp_path):
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     wrapper.write_text(WRAPPER.format(python=sys.executable, ffmpeg=ffmpeg, report=str(report)))
     wrapper.chmod(0o755)
-    script = MEASURE.format(here=str(HERE), tests=str(HERE.parent), wrapper=str(wrapper), out=str(out))
+    script = MEASURE.format(here=str(HERE), tests=str(HERE.parent / "helpers"), wrapper=str(wrapper), out=str(out))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     python = json.loads(proc.stdout.strip().splitlines()[-1])["python"]

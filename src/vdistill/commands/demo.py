@@ -33,7 +33,7 @@ from vdistill.errors import UserError
 from vdistill.synth.writer import synthesize
 
 #: the demo's recipe, package data (``pip install .`` ships it)
-CONFIG = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 TEACHER = "toy-flow"
 #: the shipped 2-step student the demo's own is compared with
 STUDENT = "toy-flow-2step"

@@ -50,8 +50,7 @@ GIF_MIN_SIDE = 64
 NPZ_MODES = ("auto", "always", "never")
 #: 64 MiB of uint8 frames: a toy bench (48 prompts x 4 repeats of 8 x 16 x 16 x 3: 1.1 MiB; 64 MiB would hold
 #: 10,900 toy videos) and the tiny test folders stay far below it, while one Wan video (81 x 480 x 832 x 3 = 93 MiB)
-#: is above it: real videos get mp4s only. Natural video barely compresses under zlib, and the array is built in
-#: memory before it is zipped (save_npz's peak is the uint8 batch, 64 MiB here, plus a few frames).
+#: is above it: real videos get mp4s only (save_npz's peak is the uint8 batch, 64 MiB here, plus a few frames).
 NPZ_AUTO_BYTES = 64 * 2**20
 # Grey of the 1-px lines between GIF grid tiles (the toy world's background is black).
 _GAP_GREY = 128
@@ -133,8 +132,10 @@ def save_npz(path: str | Path, videos: Tensor | np.ndarray, prompts: Sequence[st
         raise UserError(f"got {len(frames)} videos but {len(prompts)} prompts; need one prompt per video")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with naming(path), path.open("wb") as f:  # a file object: np.savez would append ".npz" to a path without it
-        np.savez_compressed(f, videos=frames, prompts=np.asarray(list(prompts), dtype=str))
+    # stored, not zipped: zlib took 0.44 s of a 2-step Wan student's 8.4 s `vdistill sample` (BENCHMARKS.md, our
+    # overhead) and natural video barely compresses; a file object, as np.savez appends ".npz" to a bare path
+    with naming(path), path.open("wb") as f:
+        np.savez(f, videos=frames, prompts=np.asarray(list(prompts), dtype=str))
     return path
 
 
