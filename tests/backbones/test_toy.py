@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vdistill.backbones.io import load_backbone, save_backbone
-from vdistill.backbones.toy import ToyBackbone
+from vdistill.backbones.toy import TimeEmbedding, ToyBackbone
 from vdistill.diffusion import DDPMSchedule, FlowSchedule
 from vdistill.errors import UserError
 from vdistill.sampling.sampler import initial_noise, sample_latents
@@ -46,6 +46,23 @@ def test_cfg_is_one_batched_forward(model):
     assert calls == [6]
     cond, unc = model(x, t, text), model(x, t, {k: v.expand(3, -1) for k, v in uncond.items()})
     torch.testing.assert_close(guided, unc + 3.0 * (cond - unc), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", (2, 7, 16, 33, 128))
+def test_time_features_are_the_ddpm_sinusoids_cos_first(dim):
+    # the shipped toy teachers were trained on these features: cos(t f_i) then sin(t f_i), f_i = 10000^(-i / half),
+    # a zero column for an odd dim
+    t = torch.cat([torch.tensor([0.0, 1.0, 999.0, 1000.0]), torch.rand(40, generator=torch.Generator().manual_seed(0))
+                   * 1000])
+    half = dim // 2
+    args = t.double()[:, None] * 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
+    want = torch.cat([args.cos(), args.sin(), torch.zeros(len(t), dim % 2, dtype=torch.float64)], dim=1)
+    embed = TimeEmbedding(dim)
+    seen = []
+    embed.mlp[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    assert embed(t).shape == (len(t), dim)
+    # float32 spaces its numbers 6e-5 apart near t = 1000: the argument of sin / cos is rounded that much
+    torch.testing.assert_close(seen[0].double(), want, rtol=0, atol=1e-4)
 
 
 def test_sampling_captures_trajectory(model):

@@ -80,3 +80,31 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one(toy, tmp_path, mon
     folder = tmp_path / "run" / "checkpoints"
     assert [p.name for p in folder.iterdir()] == ["last.ckpt"]  # no partial file left behind either
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1
+
+
+def test_last_is_found_in_the_run_folder_when_a_logger_starts_a_new_version(toy, tmp_path):
+    """With a logger, Lightning's own folder is ``version_N/checkpoints``, and a restarted run gets version N + 1:
+    ``ckpt_path="last"`` must still find the run folder's ``last.ckpt``."""
+    import lightning as L
+    from callback_helpers import distillation
+    from lightning.pytorch.loggers import CSVLogger
+
+    from vdistill.callbacks import PeriodicCheckpoints
+    from vdistill.data.trajectories import TrajectoryData
+
+    def run(max_steps, ckpt_path=None):
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, default_root_dir=str(tmp_path),
+                            logger=CSVLogger(str(tmp_path / "logs")), enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[PeriodicCheckpoints(every_n_train_steps=1)])
+        trainer.fit(distillation(toy), datamodule=TrajectoryData(str(toy / "data"), batch_size=2, shuffle=False),
+                    ckpt_path=ckpt_path)
+        return trainer
+
+    run(2)
+    folder = tmp_path / "checkpoints"
+    first = (folder / "step_000001.ckpt").stat().st_mtime_ns
+    resumed = run(3, ckpt_path="last")
+    assert resumed.logger.version == 1  # a new version folder, whose checkpoints/ would hold nothing
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step_000001.ckpt", "step_000002.ckpt",
+                                                        "step_000003.ckpt"]
+    assert (folder / "step_000001.ckpt").stat().st_mtime_ns == first  # resumed at step 2, not restarted

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -115,8 +116,11 @@ def test_held_out_trajectory_loss_is_logged(toy, tmp_path):
         assert metrics[f"val/{key}"] == pytest.approx(want[key].item(), rel=1e-5)
     assert "val/trajectory" in trainer.callback_metrics  # also validated during fit (each epoch)
     plain = pickle.loads(pickle.dumps(TrajectoryData(str(toy / "data"))))  # as DDP spawn sends it
-    trainer = fit(make(str(toy / "teacher"), "trajectory"), toy / "data", max_steps=1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer = fit(make(str(toy / "teacher"), "trajectory"), toy / "data", max_steps=1)
     assert plain.val_dataloader is None and trainer.num_val_batches == []  # no held-out set: no validation loop
+    assert not [w for w in seen if "validation_step" in str(w.message)]  # and nothing to warn about
 
 
 def test_held_out_sets_must_match_and_should_not_share_seeds(toy, tmp_path):

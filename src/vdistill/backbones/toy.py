@@ -10,10 +10,9 @@ The "VAE" is the affine map pixels [0, 1] -> latents [-1, 1]: latents ``[B, 3, T
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
 from vdistill.backbones.base import Backbone, SamplingDefaults, TextCond
@@ -59,14 +58,6 @@ class ToyTextEncoder(nn.Module):
         return {"pooled": torch.where(empty, self.null.to(pooled.dtype).expand_as(pooled), pooled)}
 
 
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of network timesteps (0..1000 scale)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
 class TimeEmbedding(nn.Module):
     """Sinusoidal features -> MLP; its output ``[B, dim]`` is where the guidance-scale embedding is added."""
 
@@ -76,7 +67,10 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
+        """``t`` ``[B]`` network timesteps (0..1000 scale)."""
+        # cos first and frequencies 10000^(-i / half) (shift 0): the features the shipped toy teachers were trained on
+        features = get_timestep_embedding(t, self.dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class FactorisedResBlock(nn.Module):

@@ -44,6 +44,7 @@ class PeriodicCheckpoints(ModelCheckpoint):
                          save_top_k=save_top_k, save_last=save_last, auto_insert_metric_name=False)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        # Private hook of ModelCheckpoint (Lightning 2.6), the one place every save of this callback goes through.
         # Lightning writes through fsspec: a temp file in the system temp folder, MOVED over ``filepath``, which is a
         # copy when that folder is on another disk, so a kill -9 or a full disk mid-copy leaves half a last.ckpt.
         # Written beside it under a name no resume picks up, then renamed, the previous checkpoint stays whole
@@ -72,7 +73,11 @@ class PeriodicCheckpoints(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
-        # called while resolving `ckpt_path="last"`, before setup
+        # Private hook of ModelCheckpoint (Lightning 2.6): the Trainer resolves `ckpt_path="last"` by asking each
+        # ModelCheckpoint for its last checkpoints before any callback hook runs (setup included), with `dirpath`
+        # still unset, so the parent would look in the logger's version folder (a new one after a restart). No public
+        # option names a folder that depends on the trainer (`dirpath` is fixed at construction): the run folder is
+        # set here.
         self._run_folder(trainer)
         return super()._find_last_checkpoints(trainer)
 

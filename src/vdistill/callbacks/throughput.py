@@ -130,13 +130,14 @@ class ThroughputMemory(ThroughputMonitor):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
 
     def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
-        # ThroughputMonitor's own hook (it would log `train/device/batches_per_sec`, ...): same rule for when to
-        # log, our names, plus memory. tests/callbacks/test_throughput.py pins the names against upgrades.
-        if not trainer._logger_connector.should_update_logs:
-            return
+        # ThroughputMonitor's own hook (it would log `train/device/batches_per_sec`, ...): our names, plus memory.
+        # tests/callbacks/test_throughput_memory.py pins the names against upgrades.
         stage = trainer.state.stage
-        raw = self._throughputs[stage].compute()
         train = stage == RunningStage.TRAINING
+        count = trainer.global_step if train else iter_num  # ThroughputMonitor counts the evaluation batches
+        if not logs_now(trainer, count):
+            return
+        raw = self._throughputs[stage].compute()
         prefix = "perf/" if train else f"perf/{stage.value}/"
         metrics: dict[str, float] = {}
         if "device/batches_per_sec" in raw:
@@ -152,4 +153,15 @@ class ThroughputMemory(ThroughputMonitor):
             if self.compile_steps:
                 metrics[prefix + "compile_steps"] = float(self.compile_steps)
         if metrics:
-            trainer._logger_connector.log_metrics(metrics, step=iter_num)
+            # a training step's curves at the step of the module's own (`self.log`: the optimizer steps before it)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=count - 1 if train else count)
+
+
+def logs_now(trainer: L.Trainer, count: int) -> bool:
+    """Whether the loggers get this batch's metrics, by Lightning's rule for ``self.log`` in training (which
+    ThroughputMonitor applies to evaluation batches too): every ``trainer.log_every_n_steps``-th batch, and the last
+    before a stop. ``count``: the optimizer steps so far (training, called after the step) or the evaluation batches
+    so far, this one included."""
+    every = trainer.log_every_n_steps
+    return every > 0 and (count % every == 0 or trainer.should_stop)

@@ -57,9 +57,16 @@ def clip_summary(tag: str, video: Tensor, fps: float, max_pixels: int = CLIP_MAX
 
 
 def log_tensorboard(logger: TensorBoardLogger, summaries: list, step: int) -> None:
+    """Write built ``Summary`` protos (:func:`image_summary`) into the logger's event file at ``step``.
+
+    Through ``SummaryWriter._get_file_writer().add_summary`` (private, torch 2.14), as every ``SummaryWriter.add_*``
+    writes: the writer has no public method that takes a built summary, and ``add_video``, the public one that
+    builds this summary, needs moviepy 1.x (module docstring). The public ``file_writer`` attribute is None once
+    the writer is closed (Lightning's ``finalize`` closes it after each fit); ``_get_file_writer`` reopens it.
+    """
     writer = logger.experiment
     for summary in summaries:
-        writer._get_file_writer().add_summary(summary, step)  # how SummaryWriter's own add_* write
+        writer._get_file_writer().add_summary(summary, step)
     writer.flush()
 
 

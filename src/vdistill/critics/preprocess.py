@@ -1,16 +1,17 @@
-"""Differentiable image preprocessing for the critics (torch only, so rewards backpropagate to the pixels).
+"""Differentiable image preprocessing for the critics: torchvision's ``transforms.v2.functional`` on tensors, so
+rewards backpropagate to the pixels.
 
-Each function takes frames ``[N, 3, H, W]`` in [0, 1] and mirrors one official PIL/torchvision pipeline with
-``F.interpolate(..., antialias=True)``, the kernel torchvision's tensor ``resize`` uses (PIL antialiases too).
+Each function takes frames ``[N, 3, H, W]`` in [0, 1] and mirrors one official PIL/torchvision pipeline; the tensor
+``resize`` is bicubic with ``antialias=True`` (PIL antialiases too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor
+from torchvision.transforms import InterpolationMode
 
 from vdistill.errors import unknown_choice
 
@@ -24,12 +25,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = {"openai": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
-def _resize(frames: Tensor, size: tuple[int, int], mode: str) -> Tensor:
-    if tuple(frames.shape[-2:]) == size:
-        return frames
-    return F.interpolate(frames, size=size, mode=mode, align_corners=False, antialias=True)
-
-
 def resize_longest_and_pad(frames: Tensor, size: int, mode: str = "bicubic") -> Tensor:
     """Longest side -> ``size`` (aspect kept), then zero-pad (black) to ``size x size``, image centred.
 
@@ -38,10 +33,11 @@ def resize_longest_and_pad(frames: Tensor, size: int, mode: str = "bicubic") -> 
     """
     h, w = frames.shape[-2:]
     scale = size / max(h, w)
-    nh, nw = min(size, round(h * scale)), min(size, round(w * scale))
-    frames = _resize(frames, (nh, nw), mode)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return F.pad(frames, (left, size - nw - left, top, size - nh - top), value=0.0)
+    # open_clip rounds the short side; torchvision's resize(max_size=size) would truncate it
+    frames = TF.resize(frames, [min(size, round(h * scale)), min(size, round(w * scale))], InterpolationMode(mode),
+                       antialias=True)
+    # a centre crop larger than the image pads it with zeros first: open_clip's CenterCropOrPad(fill=0)
+    return TF.center_crop(frames, [size, size])
 
 
 def resize_shortest_and_center_crop(frames: Tensor, size: int, mode: str = "bicubic") -> Tensor:
@@ -50,20 +46,11 @@ def resize_shortest_and_center_crop(frames: Tensor, size: int, mode: str = "bicu
     The CLIP processor / torchvision ``Resize(size)`` + ``CenterCrop(size)``: the long side is
     ``int(size * long / short)`` (torchvision truncates) and the crop offset ``round((side - size) / 2)``.
     """
-    h, w = frames.shape[-2:]
-    if h <= w:
-        nh, nw = size, max(size, int(size * w / h))
-    else:
-        nh, nw = max(size, int(size * h / w)), size
-    frames = _resize(frames, (nh, nw), mode)
-    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-    return frames[..., top:top + size, left:left + size]
+    return TF.center_crop(TF.resize(frames, size, InterpolationMode(mode), antialias=True), [size, size])
 
 
 def normalize(frames: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    mean_t = torch.as_tensor(mean, dtype=frames.dtype, device=frames.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=frames.dtype, device=frames.device).view(-1, 1, 1)
-    return (frames - mean_t) / std_t
+    return TF.normalize(frames, list(mean), list(std))
 
 
 def resolve_normalization(value: str | tuple[Sequence[float], Sequence[float]]) -> tuple[tuple, tuple]:

@@ -20,6 +20,9 @@ def apply_cfg(cond: Tensor, uncond: Tensor, scale: float | Tensor) -> Tensor:
 
 def guidance_scale_embedding(w: Tensor, dim: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
     """Sinusoidal embedding ``[B, dim]`` of guidance scales ``w`` ``[B]`` (scaled by 1000), sin then cos."""
+    # Written out, not reused: the LCM pipeline's method makes its frequencies on the CPU and in the output dtype
+    # (fails for CUDA ``w``, loses bf16 precision), and diffusers' get_timestep_embedding(1000 * w, dim,
+    # downscale_freq_shift=1) rounds the frequencies in another order: up to 1e-3 off for w <= 16.
     w = w.float() * 1000.0
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))

@@ -9,7 +9,6 @@ negatives the world provides for free.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vdistill.critics.base import gather_frames, random_frame_indices
 from vdistill.critics.registry import CRITICS
@@ -66,7 +66,8 @@ class CriticTraining(ShardedGradientClipping, L.LightningModule):
     Args:
         critics: which critics to train.
         critic_size: their size (``default`` ships; ``tiny`` for tests).
-        lr: AdamW peak learning rate (linear warm-up, cosine decay to ``min_lr_ratio * lr``).
+        lr: AdamW peak learning rate: a linear warm-up from 0, then a cosine decay to ``min_lr_ratio * lr`` at the
+            run's last step (transformers' ``get_cosine_with_min_lr_schedule_with_warmup``).
         weight_decay: AdamW weight decay of matrices (gains, biases, embeddings and temperatures are not decayed).
         warmup_steps: warm-up length in optimizer steps.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
@@ -130,15 +131,8 @@ class CriticTraining(ShardedGradientClipping, L.LightningModule):
         rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=hp.lr)
-        total = max(1, self.trainer.estimated_stepping_batches)
-
-        def factor(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = get_cosine_with_min_lr_schedule_with_warmup(
+            opt, hp.warmup_steps, max(1, self.trainer.estimated_stepping_batches), min_lr_rate=hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def export(self, folder: str | Path) -> list[Path]:

@@ -28,7 +28,6 @@ the datamodules' loaders resume mid-epoch (:mod:`vdistill.data.resumable`).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -42,7 +41,7 @@ from vdistill.backbones.diffusers_io import resolve_dtype
 from vdistill.backbones.io import backbone_record, load_backbone, teacher_reference
 from vdistill.backbones.student import StudentConfig, hold_frozen_in, is_lora, make_student
 from vdistill.critics.build import build_critics
-from vdistill.data.trajectories import TrajectoryDataset, check_teacher
+from vdistill.data.trajectories import TrajectoryData, TrajectoryDataset, check_teacher
 from vdistill.errors import UserError
 from vdistill.objectives.base import Models, Objective, check_needs
 from vdistill.objectives.reward import check_critic_names
@@ -57,8 +56,12 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 OFFLOAD_PARTS = ("text_encoders", "critics")
 #: optimizer groups an objective trains on its own steps (DMD's fake score), while the student is not updated
 SIDE_GROUPS = ("fake_score",)
-# validation is optional here (a held-out set only when the data has one): no warning at every fit without it
-warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+
+
+def holds_out_trajectories(datamodule: object) -> bool:
+    """Whether ``datamodule`` has a held-out trajectory set (``TrajectoryData(val_root=...)``), known before its
+    ``setup`` opens it: the only validation data :meth:`Distillation.held_out_loss` scores."""
+    return isinstance(datamodule, TrajectoryData) and datamodule.hparams.val_root is not None
 
 
 def shards_parameters(strategy: object) -> bool:
@@ -299,10 +302,6 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         if isinstance(dataset, TrajectoryDataset):  # its held-out set was checked against it (check_held_out)
             check_teacher(dataset.manifest, self.teacher, dataset.root)
             self._bind_data_grid(dataset.timesteps.tolist())
-        if self._trainer is not None and not isinstance(getattr(dm, "val_dataset", None), TrajectoryDataset):
-            # validation_step scores held-out trajectories only: no loop over other data's validation sets (e.g.
-            # ToyVideos' rendered clips for consistency distillation), which it would iterate for nothing
-            self.trainer.limit_val_batches = 0
 
     def _own_grid(self) -> tuple[float, ...] | None:
         """The student's key timesteps fixed by an objective (DMD's ``steps``: the schedule's own m-step grid), or
@@ -408,7 +407,19 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
                         "checkpoint are the last good ones and nothing is exported; check the data "
                         "(vdistill.synth.verify) or lower the learning rate")
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    @property
+    def validation_step(self):
+        """Lightning's validation hook: :meth:`held_out_loss` when the datamodule holds out trajectories, else None.
+
+        Lightning reads None as "no validation_step" (``is_overridden``, checked before ``setup`` and again before
+        each validation): a fit without a held-out set runs no validation loop and does not warn about a missing
+        ``val_dataloader``, and a video datamodule's validation clips (``ToyVideos``), which this loss cannot score,
+        are not iterated; ``trainer.validate`` needs ``TrajectoryData(val_root=...)``.
+        """
+        trainer = self._trainer
+        return self.held_out_loss if trainer is not None and holds_out_trajectories(trainer.datamodule) else None
+
+    def held_out_loss(self, batch: dict, batch_idx: int) -> None:
         """The student's trajectory loss (Eq. 6) on held-out key points (``TrajectoryData(val_root=...)``):
         ``val/trajectory`` and ``val/k{i}`` per pair, whatever the objectives (no queue or state is touched)."""
         out = trajectory_errors(batch, self.models())

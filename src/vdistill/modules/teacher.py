@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import Tensor
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vdistill.backbones.base import Backbone
 from vdistill.config import to_config
@@ -19,7 +18,8 @@ class TeacherTraining(ShardedGradientClipping, L.LightningModule):
 
     Args:
         backbone: the model to train.
-        lr: AdamW peak learning rate (linear warm-up, then cosine decay to ``min_lr_ratio * lr``).
+        lr: AdamW peak learning rate: a linear warm-up from 0, then a cosine decay to ``min_lr_ratio * lr`` at the
+            run's last step (transformers' ``get_cosine_with_min_lr_schedule_with_warmup``).
         weight_decay: AdamW weight decay.
         warmup_steps: warm-up length in optimizer steps.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
@@ -75,16 +75,9 @@ class TeacherTraining(ShardedGradientClipping, L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = get_cosine_with_min_lr_schedule_with_warmup(
+            opt, self.hparams.warmup_steps, max(1, self.trainer.estimated_stepping_batches),
+            min_lr_rate=self.hparams.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

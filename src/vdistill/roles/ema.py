@@ -8,6 +8,15 @@ teacher included (see ``../shared/reference/lightning.md``).
 
 The average runs through :func:`torch.func.functional_call`: the student's own parameters are never swapped in
 place, so computing the target in the middle of a step cannot corrupt the student's autograd graph.
+
+The update is torch's own (``torch.optim.swa_utils.get_ema_multi_avg_fn``: one ``_foreach_lerp_`` over all the
+tensors, the EMA step of ``AveragedModel``); the holder of the average is ours because no library class fits.
+``AveragedModel``, and Lightning's ``EMAWeightAveraging`` built on it, deep-copy the whole module and average every
+parameter, frozen base weights included. diffusers' ``EMAModel`` keeps its shadow weights in a plain list: not in
+the module's ``state_dict``, so Lightning would neither checkpoint nor resume them with the run, nor move them with
+the module or hand them to a strategy; its decay always warms up (``(1 + n) / (10 + n)``, the first step a copy),
+where the consistency target takes ``mu`` from the first update (``tests/callbacks/test_ema_callback.py`` checks the
+EMA callback's warm-up against it); and its ``store`` / ``restore`` swap goes through CPU copies.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vdistill.errors import UserError
 
@@ -51,8 +61,9 @@ class EMAWeights(nn.Module):
     def update(self, model: nn.Module) -> None:
         """One EMA step towards ``model``'s current parameters (call after each optimizer step)."""
         params = dict(model.named_parameters())
-        for name, avg in self.averaged().items():
-            avg.lerp_(params[name].detach().to(avg.dtype), 1.0 - self.decay)
+        averaged = self.averaged()
+        online = [params[name].detach().to(avg.dtype) for name, avg in averaged.items()]
+        get_ema_multi_avg_fn(self.decay)(list(averaged.values()), online, None)
 
     def forward(self, model: nn.Module, *args, **kwargs):
         """``model(*args, **kwargs)`` with the averaged values in place of its trainable parameters."""
