@@ -1,7 +1,7 @@
 """``vdistill sweep``: grid expansion and names, the results table from event files, skip / resume / rerun, errors.
 
 The logic tests replace the ``vdistill fit`` subprocess by a fake that writes what a fit writes (event file,
-``last.ckpt``, log); one slow test runs a real sweep of 2 runs x 2 steps and resumes one of them.
+``last.ckpt``, log); one slow test runs a real sweep of one run of 2 steps and resumes it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from vdistill.commands import sweep as command
 from vdistill.sweep import load_sweep
 from vdistill.sweep.results import final_scalars
 from vdistill.sweep.runs import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml")
+                if {"grid", "runs"} & set(yaml.safe_load(p.read_text()) or {}))
 
 RECIPE = """
 seed_everything: 0
@@ -269,36 +273,52 @@ def test_unknown_run_and_missing_file(workdir, capsys):
     assert code == 2 and "sweep file 'nope.yaml' does not exist" in err
 
 
-def test_the_toy_ablation_sweep_file():
-    root = Path(__file__).resolve().parents[1]
-    spec = yaml.safe_load((root / "experiments/toy/accvideo/ablation.yaml").read_text())
-    assert spec["base"] == "experiments/toy/accvideo/accvideo.yaml" and spec["out"] == "runs/toy/ablation"
-    assert list(spec["grid"]) == ["objectives", "callbacks"]  # callbacks+ after the fragment that resets the list
-    for options in spec["grid"].values():
-        for items in options.values():
-            for item in [items] if isinstance(items, str) else items or []:
-                assert (root / item).is_file(), item
+def sets_callbacks(config: str) -> bool:
+    """Whether a config file sets ``trainer.callbacks:`` anew (and so drops what came before it)."""
+    return "callbacks" in (yaml.safe_load(Path(config).read_text()).get("trainer") or {})
+
+
+def test_shipped_sweeps_keep_the_callbacks_their_fragments_append(monkeypatch):
+    """A fragment that sets ``trainer.callbacks:`` anew drops what earlier ``callbacks+:`` fragments appended (the
+    ablation orders its axes for this): in every run of the shipped sweeps that has such a fragment after its base,
+    every callback of its ``callbacks/`` fragments is in the resolved config."""
+    monkeypatch.chdir(ROOT)  # sweep files name their configs from the repository root; nothing is written
+    checked = []
+    for path in SWEEPS:
+        for run in load_sweep(path.relative_to(ROOT)).runs:
+            configs = [a for a in run.args[3:] if a.endswith(".yaml")]  # after --config BASE
+            appended = [c for c in configs if c.startswith("callbacks/")]
+            if not appended or not any(sets_callbacks(c) for c in configs):
+                continue
+            resolved = yaml.safe_load(command.resolved_config(run))["trainer"]["callbacks"]
+            have = [c["class_path"].rsplit(".", 1)[-1] for c in resolved]
+            for fragment in appended:
+                for c in yaml.safe_load(Path(fragment).read_text())["trainer"]["callbacks+"]:
+                    assert c["class_path"].rsplit(".", 1)[-1] in have, (path.name, run.name, fragment, have)
+            checked.append(run.name)
+    assert checked
 
 
 @pytest.mark.slow
-def test_real_sweep_two_runs_then_resume(workdir, monkeypatch, capsys):
+def test_real_sweep_run_then_resume(workdir, monkeypatch, capsys):
+    """One real ``vdistill fit`` subprocess of 2 steps (the skipping and the table of several runs: the fakes
+    above), then its resume from the last checkpoint."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    (workdir / "sweep.yaml").write_text("out: out\nbase: recipe.yaml\ngrid:\n  lr: {lo: {model.init_args.lr: 1.0e-4}}\n"
-                                        "  extra: {none: null, dropout: fragment.yaml}\n")
+    (workdir / "sweep.yaml").write_text("out: out\nbase: recipe.yaml\ngrid:\n  extra: {dropout: fragment.yaml}\n")
     code, out, err = run_cli(["sweep", "sweep.yaml", "--quiet"], capsys)
     assert code == 0, out + err
     rows = list(csv.DictReader((workdir / "out" / "results.csv").open()))
-    assert [(r["run"], r["status"]) for r in rows] == [("lo-none", "done"), ("lo-dropout", "done")]
-    for r in rows:
-        assert 0 < float(r["train/loss"]) < 10 and float(r["seconds"]) > 0
-        assert r["tensorboard"] == f"out/{r['run']}/lightning_logs/version_0"
-        assert list(Path(r["tensorboard"]).glob("events.out.tfevents.*"))
-    assert (workdir / "out" / "lo-none" / "checkpoints" / "last.ckpt").is_file()
-    assert not (workdir / "recipe_root").exists()  # every output went into the run folders
+    assert [(r["run"], r["status"]) for r in rows] == [("dropout", "done")]
+    row = rows[0]
+    assert 0 < float(row["train/loss"]) < 10 and row["seconds"]  # the run's time is recorded (not bounded)
+    assert row["tensorboard"] == "out/dropout/lightning_logs/version_0"
+    assert list(Path(row["tensorboard"]).glob("events.out.tfevents.*"))
+    assert (workdir / "out" / "dropout" / "checkpoints" / "last.ckpt").is_file()
+    assert not (workdir / "recipe_root").exists()  # every output went into the run folder
 
-    (workdir / "out" / "lo-dropout" / "done.json").unlink()  # as if it had been killed after its last checkpoint
+    (workdir / "out" / "dropout" / "done.json").unlink()  # as if it had been killed after its last checkpoint
     code, out, err = run_cli(["sweep", "sweep.yaml", "--quiet"], capsys)
     assert code == 0, out + err
-    assert re.search(r"lo-none +done, skipped", out) and re.search(r"lo-dropout +unfinished, resumes", out)
-    log = (workdir / "out" / "lo-dropout" / "fit.log").read_text()
-    assert "Restored all states from the checkpoint at out/lo-dropout/checkpoints/last.ckpt" in log
+    assert re.search(r"dropout +unfinished, resumes", out)
+    log = (workdir / "out" / "dropout" / "fit.log").read_text()
+    assert "Restored all states from the checkpoint at out/dropout/checkpoints/last.ckpt" in log
