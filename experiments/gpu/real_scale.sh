@@ -47,7 +47,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then  # toy recipes at their own tiny size, the meas
   RECIPES=(toy_accvideo:experiments/toy/accvideo/accvideo.yaml toy_turbo:experiments/toy/turbo/turbo.yaml
            toy_dmd:experiments/toy/accvideo/accvideo.yaml+experiments/toy/dmd/dmd.yaml)
   SIZES=(own)
-  MEASURE=(--measure --measure-device cpu --measure-warmup 1 --measure-steps 1)
+  MEASURE=(--measure --measure-device cpu --measure-warmup 1 --measure-steps 1 --batch 2)
 else
   # turbo last: its reward decode with gradients is the likeliest not to fit, and the last to lose time to DEADLINE
   RECIPES=(accvideo_1.3b:experiments/wan/accvideo_1.3b.yaml dmd_1.3b:experiments/wan/dmd_1.3b.yaml
