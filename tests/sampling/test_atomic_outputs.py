@@ -73,11 +73,11 @@ def fail_writing_midway(monkeypatch, target: str) -> None:
 
 
 def fail_savez(monkeypatch) -> None:
-    def savez_compressed(file, **arrays):
+    def savez(file, **arrays):
         file.write(b"PK\x03\x04 half a zip")
         raise ENOSPC
 
-    monkeypatch.setattr(np, "savez_compressed", savez_compressed)
+    monkeypatch.setattr(np, "savez", savez)
 
 
 @pytest.mark.parametrize("where, fail", [("grid.gif", lambda mp: fail_writing_midway(mp, "grid.gif")),
