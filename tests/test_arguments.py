@@ -178,3 +178,13 @@ def test_bench_refuses_binary_files_and_flags(tmp_path, capsys, no_model):
     (tmp_path / "out" / "samples" / "a" / "keep.txt").write_text("x")
     line = refused(["bench", str(path)], capsys)
     assert "samples folder of row 'a'" in line and "'keep.txt'" in line
+
+
+@pytest.mark.parametrize("command", ["list", "sample", "synth", "preprocess", "bench", "export", "demo", "critic-report",
+                                     "sweep", "profile"])
+def test_every_command_refuses_an_unknown_flag_in_one_line(command, capsys, no_model):
+    """One line naming the command (exit 2), not argparse's usage block: the unknown flag, or first the arguments
+    the command requires."""
+    line = refused([command, "--no-such-flag"], capsys)
+    assert line.startswith(f"vdistill: error: vdistill {command}"), line
+    assert "--no-such-flag" in line or "required" in line or "needs" in line, line

@@ -11,12 +11,12 @@ import importlib
 import sys
 
 from vdistill import registry
-from vdistill.commands.parse_errors import explain_parse_error
+from vdistill.commands.parse_errors import CommandParser, explain_parse_error
 from vdistill.errors import UserError
 
 
 def cmd_list(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="vdistill list", description="every registered component and critic, by kind",
+    p = CommandParser(prog="vdistill list", description="every registered component and critic, by kind",
                                 exit_on_error=False)
     p.add_argument("--kind", choices=[*registry.KINDS, "critics"], help="only this kind")
     for kind, rows in registry.components(p.parse_args(argv).kind).items():

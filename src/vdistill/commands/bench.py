@@ -52,6 +52,7 @@ import torch
 import yaml
 
 from vdistill.backbones.io import dtype_name, load_backbone
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.commands.sample import SAMPLE_FILES, check_int, check_seed, write_samples
 from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
@@ -264,7 +265,7 @@ def read_spec(path: Path) -> dict:
 
 
 def run(argv: list[str]) -> dict[str, dict]:
-    p = argparse.ArgumentParser(prog="vdistill bench", description=__doc__,
+    p = CommandParser(prog="vdistill bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rows", help="the YAML file of rows (see above)")
     p.add_argument("--out", default=None, help="override the YAML's output folder")

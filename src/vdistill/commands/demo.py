@@ -28,6 +28,7 @@ from pathlib import Path
 
 from vdistill.backbones.io import load_backbone, shipped_models
 from vdistill.commands.bench import run_bench
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
 from vdistill.synth.writer import synthesize
@@ -71,7 +72,7 @@ def _stage(name: str, times: dict[str, float], out: Path) -> Iterator[None]:
 
 
 def run(argv: list[str]) -> dict[str, dict]:
-    p = argparse.ArgumentParser(prog="vdistill demo", description=__doc__,
+    p = CommandParser(prog="vdistill demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--prompts", default="toy", help="'toy' (the 48 toy captions) or a text file, one prompt a line")
@@ -83,7 +84,8 @@ def run(argv: list[str]) -> dict[str, dict]:
                    help="a config fragment for the distillation, after the demo's own (repeatable), e.g. "
                         "experiments/toy/accvideo/demo_paired.yaml")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="first seed of the trajectories' noise; the bench's held-out seeds follow (default 0)")
     args = p.parse_args(argv)
     missing = [f for f in args.config if not Path(f).is_file()]
     if missing:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import argparse
 
 from vdistill.backbones.export import export_student
+from vdistill.commands.parse_errors import CommandParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdistill export", description=__doc__,
+    p = CommandParser(prog="vdistill export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a distillation .ckpt (adapter-only for LoRA students), or any "
                    "model vdistill sample loads")

@@ -1,13 +1,24 @@
-"""One line from an argparse / jsonargparse error: the bad component name with the valid choices, or the bad value
-and the key it was given for (jsonargparse nests its reports several levels deep)."""
+"""Command-line errors as one line: our commands' parsers (:class:`CommandParser`), and argparse / jsonargparse
+errors explained (:func:`explain_parse_error`: the bad component name with the valid choices, or the bad value and
+the key it was given for; jsonargparse nests its reports several levels deep)."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import re
+from typing import NoReturn
 
 from vdistill import registry
+from vdistill.errors import UserError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of our subcommands: a bad, missing or unknown argument is a :class:`UserError` (``vdistill`` prints
+    it as one line and exits 2) instead of argparse's usage block and message. ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (options: {self.prog} --help)")
 
 
 def explain_parse_error(err: argparse.ArgumentError) -> str:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from vdistill.backbones.io import SHIPPED, dtype_name, load_backbone
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.commands.sample import SIZE_FLAGS, add_size_arguments, check_int, check_size_arguments
 from vdistill.data.decode import ClipSpec
 from vdistill.data.videos import VideoClipDataset, check_captions_file, format_fields
@@ -29,7 +30,7 @@ from vdistill.sampling.generate import video_size
 
 def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a bad value is an ArgumentError that the CLI prints as one line (exit status 2)
-    p = argparse.ArgumentParser(prog="vdistill preprocess", description=__doc__, exit_on_error=False)
+    p = CommandParser(prog="vdistill preprocess", description=__doc__, exit_on_error=False)
     p.add_argument("--model", help=f"the teacher: {', '.join(SHIPPED)}, a diffusers pipeline folder "
                    "(model_index.json), an exported folder or .ckpt")
     p.add_argument("--videos", help="the captions file (.csv, .tsv, .jsonl): a video path and a caption "

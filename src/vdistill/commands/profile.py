@@ -11,13 +11,14 @@ import json
 import math
 from pathlib import Path
 
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.errors import UserError
 
 PART_ORDER = ("teacher", "student", "fake score", "discriminator", "critics", "vae", "text encoder", "other")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vdistill profile", exit_on_error=False,
+    p = CommandParser(prog="vdistill profile", exit_on_error=False,
                                 description="FLOPs and memory per rank of a distillation recipe at its real size, "
                                             "predicted on the CPU without weights")
     p.add_argument("--config", action="append", required=True, help="recipe YAML (repeat for fragments)")
@@ -34,8 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "tiny size (wall-clock times, no peak memory or MFU)")
     p.add_argument("--teacher-config", help="a diffusers folder whose <part>/config.json files describe the teacher")
     p.add_argument("--frames", type=int, help="video frames (default: the data's, else the teacher's)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int, help="video height in pixels (default: the data's, else the teacher's)")
+    p.add_argument("--width", type=int, help="video width in pixels (default: the data's, else the teacher's)")
     p.add_argument("--batch", type=int, help="samples per rank and step (default: data.batch_size)")
     p.add_argument("--key-indices", help="trajectory key points, e.g. 0,10,20,30,40,50 (default: the set's, else "
                                          "6 evenly over the teacher's steps)")

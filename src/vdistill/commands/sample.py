@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from vdistill.backbones.io import SHIPPED, dtype_name, load_backbone
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.data.prompts import check_repeat, load_prompts
 from vdistill.errors import UserError
 from vdistill.files import atomic_folder, check_replaceable
@@ -66,7 +67,7 @@ def check_seed(seed: object, count: int, what: str = "--seed") -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdistill sample", description=__doc__)
+    p = CommandParser(prog="vdistill sample", description=__doc__)
     p.add_argument("--model", required=True,
                    help=f"a shipped model ({', '.join(SHIPPED)}), a diffusers pipeline folder (model_index.json), an "
                    "exported folder or a .ckpt checkpoint")
@@ -81,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "guidance embedding)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i")
     p.add_argument("--repeat", type=int, default=1, help="videos per prompt")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="videos sampled at once (default 32)")
     p.add_argument("--mp4", type=int, default=16, help="write an mp4 for the first N videos (-1: all)")
     p.add_argument("--npz", default="auto", help="write videos.npz (uint8 arrays + prompts): auto (only when the "
                    f"videos hold at most {NPZ_AUTO_BYTES // 2**20} MiB, e.g. the toy world's), always, never")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     return p
 
 

@@ -21,7 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from vdistill.commands.parse_errors import explain_parse_error
+from vdistill.commands.parse_errors import CommandParser, explain_parse_error
 from vdistill.errors import UserError, unknown_choice
 from vdistill.sweep.results import final_scalars, write_results
 from vdistill.sweep.runs import DONE, LOG, RECORD, RESOLVED, Plan, plan_run, prepare, read_json, run_status, write_json
@@ -227,7 +227,7 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, dry_run: bool = False
 
 
 def run(argv: list[str]) -> list[dict]:
-    p = argparse.ArgumentParser(prog="vdistill sweep", description=__doc__,
+    p = CommandParser(prog="vdistill sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="the sweep file (base, grid or runs, out: see experiments/toy/accvideo/ablation.yaml)")
     p.add_argument("--out", default=None, help="override the sweep file's output folder")

@@ -18,6 +18,7 @@ import os
 import time
 
 from vdistill.backbones.io import SHIPPED, dtype_name, load_backbone
+from vdistill.commands.parse_errors import CommandParser
 from vdistill.commands.sample import SIZE_FLAGS, add_size_arguments, check_size_arguments
 from vdistill.data.prompts import load_prompts
 from vdistill.data.shards import load_manifest, verify
@@ -51,7 +52,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a bad value is an ArgumentError that the CLI prints as one line (exit status 2)
-    p = argparse.ArgumentParser(prog="vdistill synth", description=__doc__, exit_on_error=False)
+    p = CommandParser(prog="vdistill synth", description=__doc__, exit_on_error=False)
     p.add_argument("--model", help=f"the teacher: {', '.join(SHIPPED)}, a diffusers pipeline folder "
                    "(model_index.json), an exported folder or .ckpt (required unless --verify)")
     p.add_argument("--model-dtype", default=None, help="the teacher's compute dtype: float32, bfloat16, float16 "
@@ -66,14 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the teacher's own)")
     p.add_argument("--guidance", type=float, default=None, help="embedded guidance scale (teachers that have one)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i")
-    p.add_argument("--shard-size", type=_positive, default=64)
-    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--shard-size", type=_positive, default=64, help="trajectories per shard file (default 64)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="trajectories sampled at once (default 16)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="storage dtype of the shards' float tensors (not the teacher's: see --model-dtype)")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process (env RANK)")
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                    help="processes splitting the prompts (env WORLD_SIZE)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--verify", action="store_true", help="check the set in --out (hashes, finite values) instead "
                    "of synthesising")
     return p
