@@ -4,7 +4,7 @@ The AccVideo recipe is ``objectives: [TrajectoryGuidance, AdversarialAlignment]`
 ``TrajectoryData``. Every objective returns named loss terms; their weighted sum is the ONE loss of the step,
 optimised by ONE AdamW with a parameter group per trained part (student, discriminator heads). With automatic
 optimization and a single backward this runs unchanged under DDP, FSDP and DeepSpeed (which takes one
-optimizer only; see ``../shared/reference/lightning.md`` and :mod:`vdistill.objectives.adversarial`); the
+optimizer only: docs/strategies.md and :mod:`vdistill.objectives.adversarial`); the
 fragments in ``experiments/strategies/`` say what each shards. Objectives with networks of their own (DMD's
 fake score: :mod:`vdistill.objectives.distribution_matching`) add their parameter group to the same AdamW; with a
 two time-scale update rule, the steps that train only those networks leave the student without gradient

@@ -4,7 +4,7 @@ The consistency target network of latent consistency distillation (LCM, T2V-Turb
 (1 - mu) theta`` with ``mu = 0.95``). Only the trainable parameters are averaged: for a LoRA student that is the
 adapters and the guidance projection, the frozen base weights are shared with the student (and the teacher), so
 the target costs no copy of the network. Lightning's ``EMAWeightAveraging`` would copy the whole module, frozen
-teacher included (see ``../shared/reference/lightning.md``).
+teacher included (Lightning 2.6, ``lightning.pytorch.callbacks.WeightAveraging``).
 
 The average runs through :func:`torch.func.functional_call`: the student's own parameters are never swapped in
 place, so computing the target in the middle of a step cannot corrupt the student's autograd graph.
