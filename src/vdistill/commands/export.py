@@ -1,27 +1,7 @@
 """``vdistill export --ckpt PATH --out DIR``: a student checkpoint as a model folder for ``vdistill sample`` and,
-for diffusers teachers (Wan, ModelScope), as a diffusers pipeline.
-
-The checkpoint (a Lightning ``.ckpt`` of a distillation run, adapter-only for LoRA students, or anything
-:func:`~vdistill.backbones.io.load_backbone` reads) is loaded, its LoRA adapters are merged into the base
-weights, and ``DIR`` gets:
-
-* ``backbone.yaml`` + ``model.safetensors``: the vdistill format (:func:`~vdistill.backbones.io.save_backbone`),
-  with the student's guidance projection and sampling record (a consistency student samples with
-  ``vdistill sample --model DIR`` at its own steps and embedded guidance scale, no extra flags);
-* for diffusers teachers, a folder that ``DiffusionPipeline.from_pretrained(DIR)`` loads
-  (:mod:`vdistill.backbones.pipeline_export`): ``model_index.json``, the merged student (``transformer/`` or
-  ``unet/``) with a fixed embedded guidance scale folded into its time embedding, a ``scheduler/`` that
-  reproduces the student's sampler in ``pipe(prompt, num_inference_steps=<steps>, guidance_scale=1.0)``, and the
-  teacher's ``vae/``, ``text_encoder/``, ``tokenizer/`` (hard-linked when on the same file system, else copied;
-  the printed line says which);
-* for LoRA students also ``pytorch_lora_weights.safetensors``: the adapter in the diffusers / peft format, for
-  ``pipe.load_lora_weights(DIR)`` on the teacher's pipeline (:mod:`vdistill.backbones.lora_export`).
-
-``DIR`` is written as a temporary folder beside it and renamed into place when complete
-(:func:`vdistill.files.atomic_folder`): a failed export (a full disk, Ctrl-C) leaves no empty or half folder and
-an earlier ``DIR`` unchanged; errors are one line naming the file. ``DIR`` is replaced as a whole, so a folder
-holding anything but an export is refused before the checkpoint is loaded, and so is a diffusers folder that is not
-a vdistill export (``model_index.json`` without ``backbone.yaml``: a teacher holds only names an export owns).
+for diffusers teachers (Wan, ModelScope), as a diffusers pipeline; for LoRA students also the adapter file for
+``pipe.load_lora_weights(DIR)``. What the folder holds, and why it is written atomically:
+:mod:`vdistill.backbones.export`.
 """
 
 from __future__ import annotations
