@@ -8,6 +8,7 @@ import pytest
 import yaml
 from cli_helpers import run_cli
 
+from vdistill.cli import COMMANDS
 from vdistill.data.prompts import load_prompts
 from vdistill.errors import UserError
 
@@ -180,8 +181,7 @@ def test_bench_refuses_binary_files_and_flags(tmp_path, capsys, no_model):
     assert "samples folder of row 'a'" in line and "'keep.txt'" in line
 
 
-@pytest.mark.parametrize("command", ["list", "sample", "synth", "preprocess", "bench", "export", "demo", "critic-report",
-                                     "sweep", "profile"])
+@pytest.mark.parametrize("command", ["list", *COMMANDS])
 def test_every_command_refuses_an_unknown_flag_in_one_line(command, capsys, no_model):
     """One line naming the command (exit 2), not argparse's usage block: the unknown flag, or first the arguments
     the command requires."""

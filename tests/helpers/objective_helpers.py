@@ -12,6 +12,8 @@ from vdistill.diffusion.schedules import FlowSchedule
 from vdistill.synth import synthesize
 
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right"]
+#: the prompts of :func:`synth_keys`
+KEY_PROMPTS = PROMPTS[:2]
 
 
 def tiny_toy(schedule=None, seed: int = 0) -> ToyBackbone:
@@ -35,11 +37,11 @@ def key_batch(model: ToyBackbone, indices=(0, 2, 4, 6), batch: int = 2, seed: in
 
 
 def synth_keys(teacher, out: Path, keys: tuple[int, ...] = (0, 2, 4), **size) -> Path:
-    """Key points ``keys`` of 4 teacher steps for the first two :data:`PROMPTS` (two shards of one) in ``out``."""
+    """Key points ``keys`` of 4 teacher steps for :data:`KEY_PROMPTS` (two shards of one) in ``out``."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # fixtures run before the suite's one-thread fixture
     try:
-        synthesize(teacher, PROMPTS[:2], out, key_indices=keys, steps=4, dtype="float32", shard_size=2, batch_size=2,
+        synthesize(teacher, KEY_PROMPTS, out, key_indices=keys, steps=4, dtype="float32", shard_size=2, batch_size=2,
                    progress=False, **size)
     finally:
         torch.set_num_threads(before)

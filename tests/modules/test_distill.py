@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from objective_helpers import PROMPTS as TOY_PROMPTS
+from objective_helpers import KEY_PROMPTS as PROMPTS
 from objective_helpers import synth_keys as synth
 from objective_helpers import tiny_toy
 
@@ -26,7 +26,6 @@ from vdistill.roles.discriminator import Discriminator
 from vdistill.sampling.sampler import sample_latents
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = TOY_PROMPTS[:2]  # the prompts of synth_keys
 KEYS = (0, 2, 4)
 MIXES = ["trajectory", "trajectory+adversarial"]
 

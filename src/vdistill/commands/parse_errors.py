@@ -59,3 +59,15 @@ def _innermost_value_error(text: str) -> str | None:
     m = re.match(r"Expected a <class '([\w.]+)'>\. Got value: (.*)", rest[0])
     reason = f"expected a {m.group(1)}, got {m.group(2)!r}" if m else rest[0]
     return f"bad value for {path!r}: {reason}"
+
+
+def union_cause(err: argparse.ArgumentError) -> str:
+    """The cause of a "does not validate against any of the Union subtypes" report (its most indented line, e.g.
+    "Option 'lrr' is not accepted"), with the key it was found under; ``""`` for other reports."""
+    text = str(err)
+    if "Does not validate against any of the Union subtypes" not in text:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip(" -") and "NoneType" not in ln and "Given value" not in ln]
+    deepest = max(lines, key=lambda ln: len(ln) - len(ln.lstrip(" -")))
+    key = re.search(r'Parser key "([^"]+)"', text)
+    return deepest.strip(" -") + (f" (under {key.group(1)!r})" if key else "")

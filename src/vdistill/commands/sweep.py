@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from vdistill.commands.parse_errors import CommandParser, explain_parse_error
+from vdistill.commands.parse_errors import CommandParser, explain_parse_error, union_cause
 from vdistill.errors import UserError, unknown_choice
 from vdistill.sweep.results import final_scalars, write_results
 from vdistill.sweep.runs import DONE, LOG, RECORD, RESOLVED, Plan, plan_run, prepare, read_json, run_status, write_json
@@ -47,24 +46,12 @@ def print_config(args: list[str]) -> str:
     return buf.getvalue()
 
 
-def _innermost(err: argparse.ArgumentError) -> str:
-    """The cause of a "does not validate against any of the Union subtypes" report (its most indented line, e.g.
-    "Option 'lrr' is not accepted"), with the key it was found under; ``""`` for other reports."""
-    text = str(err)
-    if "Does not validate against any of the Union subtypes" not in text:
-        return ""
-    lines = [ln for ln in text.splitlines() if ln.strip(" -") and "NoneType" not in ln and "Given value" not in ln]
-    deepest = max(lines, key=lambda ln: len(ln) - len(ln.lstrip(" -")))
-    key = re.search(r'Parser key "([^"]+)"', text)
-    return deepest.strip(" -") + (f" (under {key.group(1)!r})" if key else "")
-
-
 def resolved_config(run: Run) -> str:
     """``vdistill fit --print_config`` of ``run``'s arguments; a config the CLI refuses is one line naming the run."""
     try:
         return print_config(list(run.args))
     except argparse.ArgumentError as err:
-        raise UserError(f"run {run.name!r}: {_innermost(err) or explain_parse_error(err)}") from None
+        raise UserError(f"run {run.name!r}: {union_cause(err) or explain_parse_error(err)}") from None
 
 
 def fit_command(plan: Plan) -> list[str]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vdistill.data import shards as shards
+from vdistill.data import shards
 from vdistill.data.shards import (
     ENTRY_FIELDS,
     MANIFEST,
