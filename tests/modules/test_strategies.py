@@ -190,6 +190,16 @@ def test_fragments_build_the_whole_run_on_cpu(name, tiny_world, tmp_path, monkey
     assert [g["name"] for g in optimizer.param_groups] == ["student", "discriminator"]
 
 
+def spawn_two(rank_fn, *args) -> None:
+    """Run ``rank_fn(rank, 2, port, *args)`` on 2 spawned processes, with a free port for their process group."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(rank_fn, args=(2, port, *args), nprocs=2)
+
+
 # -- FSDP: the sharded step equals the unsharded one (torch FSDP on 2 CPU processes) ---------------------------
 class TrainingStep(torch.nn.Module):
     """What Lightning's strategy wrapper does: the root module's forward runs ``training_step``."""
@@ -278,13 +288,8 @@ def test_fsdp_fragment_sharded_step_equals_the_unsharded_one(tiny_world, tmp_pat
     """Bitwise for trajectory + adversarial and consistency (losses, gradients, weights after 2 AdamW steps); with the
     reward critic in the mix FSDP changes the critic's float rounding (the loss by ~3e-7 relative, measured), so the
     first step's loss and gradients are compared to 1e-5."""
-    import torch.multiprocessing as mp
-
     out = tmp_path / "fsdp.pt"
-    with socket.socket() as probe:  # a free port for the process group
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_fsdp_rank, args=(2, port, str(tiny_world), str(out)), nprocs=2)
+    spawn_two(_fsdp_rank, str(tiny_world), str(out))
     sharded = torch.load(out, weights_only=True)
     for name, mix in _fsdp_mixes(str(tiny_world)).items():
         model, batches = mix()
@@ -345,12 +350,7 @@ def _fsdp_clip_rank(rank: int, world: int, port: int, out: str) -> None:
 def test_clipping_by_norm_under_fsdp_equals_unsharded_clipping(tmp_path):
     """Found on a GPU (BENCHMARKS.md): the T2V-Turbo recipe (gradient_clip_val 1.0) failed under fsdp.yaml. The
     sharded run (2 CPU ranks, each gradient split between them) clips to the norm of the WHOLE gradient."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_fsdp_clip_rank, args=(2, port, str(tmp_path / "g.pt")), nprocs=2)
+    spawn_two(_fsdp_clip_rank, str(tmp_path / "g.pt"))
     sharded = torch.load(tmp_path / "g.pt", weights_only=True)
     torch.manual_seed(0)
     plain = ClippedNet()
@@ -456,13 +456,8 @@ def test_dmd_under_the_fsdp_sharded_step_equals_the_unsharded_one(tiny_world, tm
     unsharded losses, gradients and weights; the fake-only step leaves the student's weights as they were. (Not the
     GAN term: its generator half runs the fake score with detached parameters through ``torch.func.functional_call``,
     which FSDP's flat-parameter views refuse in the backward.)"""
-    import torch.multiprocessing as mp
-
     out = tmp_path / "fsdp_dmd.pt"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_fsdp_dmd_rank, args=(2, port, str(tiny_world), str(out)), nprocs=2)
+    spawn_two(_fsdp_dmd_rank, str(tiny_world), str(out))
     got = torch.load(out, weights_only=True)
     model, batches = _dmd_mix(str(tiny_world))
     plain = _train_dmd(model, batches, TrainingStep(model), summon=None)
@@ -480,3 +475,80 @@ def test_dmd_under_the_fsdp_sharded_step_equals_the_unsharded_one(tiny_world, tm
         for key, value in run["weights"][0].items():
             if key.startswith("student."):
                 assert torch.equal(run["weights"][1][key], value), key
+
+
+# -- DMD2 under DeepSpeed ZeRO: the fake-only step holds the student still ------------------------------------------
+def _deepspeed_dmd_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
+    """Lightning's DeepSpeed sequence by hand (Lightning starts DeepSpeed on GPUs only): the engine's forward runs
+    ``training_step``, ``engine.backward``, the module's ``on_before_optimizer_step`` with ZeRO's optimizer (what
+    Lightning passes it), ``engine.step``; ZeRO-2 then ZeRO-3, each from the fragment's own config."""
+    import deepspeed
+    import torch.distributed as dist
+
+    # DeepSpeed compiles a shared-memory all-reduce kernel for CPU ranks at start-up (~50 s once per machine); gloo
+    # does the same reduction without it
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results = {}
+    for name in ("deepspeed_zero2", "deepspeed_zero3"):
+        model, batches = _dmd_mix(root)
+        config = {**strategy_from_fragment(name).config, "train_micro_batch_size_per_gpu": 2}
+        engine, optimizer, _, _ = deepspeed.initialize(model=TrainingStep(model), config=config,
+                                                       optimizer=model.configure_optimizers())
+        model.log = model.log_dict = lambda *a, **k: None
+        gather = (functools.partial(deepspeed.zero.GatheredParameters, list(model.parameters()))
+                  if name.endswith("3") else contextlib.nullcontext)
+        run = {"weights": [], "student_state": []}
+        for i, batch in enumerate(batches):
+            model.trains_student = lambda _step, i=i: i % 2 == 0
+            torch.manual_seed(100 + i)
+            engine.backward(engine(batch))
+            model.on_before_optimizer_step(optimizer)
+            engine.step()
+            with gather():
+                run["weights"].append({k: v.detach().clone() for k, v in model.state_dict().items()
+                                       if k.startswith(("student.", "objectives."))})
+            student = next(g for g in optimizer.param_groups if g["name"] == "student")
+            run["student_state"].append([{k: v.clone() for k, v in optimizer.optimizer.state[p].items()}
+                                         for p in student["params"]])  # ZeRO's fp32 partitions of the student
+        results[name] = run
+        engine.destroy()
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_dmd_under_deepspeed_zero_leaves_the_student_untouched_on_fake_only_steps(tiny_world, tmp_path):
+    """ZeRO steps one flat fp32 partition per group, with zeros where a parameter had no gradient, so a plain AdamW
+    would move the student on a fake-only step by its momentum and weight decay. Held still, its weights and its
+    partition's AdamW state come out of step 1 as step 0 left them, while the fake score trains; the weights equal
+    the unsharded run's (ZeRO-2 bit for bit; ZeRO-3 reduces in another order: measured 25 and 55 of 52,646 elements
+    off by more than 1e-6 after steps 0 and 1, none by more than 2 learning rates a step)."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "deepspeed_dmd.pt"
+    spawn_two(_deepspeed_dmd_rank, str(tiny_world), str(out))
+    got = torch.load(out, weights_only=True)
+    model, batches = _dmd_mix(str(tiny_world))
+    plain = _train_dmd(model, batches, TrainingStep(model), summon=None)
+    for name, run in got.items():
+        before, after = run["weights"]
+        for key in (k for k in before if k.startswith("student.")):
+            assert torch.equal(after[key], before[key]), f"{name}: {key} moved on the fake-only step"
+        assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("objectives.0.fake_score."))
+        for state_0, state_1 in zip(*run["student_state"]):
+            assert state_0.keys() == state_1.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            for key in state_0:
+                assert torch.equal(state_0[key], state_1[key]), f"{name}: AdamW {key} of the student moved"
+        for i in range(2):
+            if name.endswith("2"):
+                for key, value in plain["weights"][i].items():
+                    torch.testing.assert_close(run["weights"][i][key], value, rtol=0, atol=0, msg=f"{name} {i}: {key}")
+                continue
+            # ZeRO-3: where a gradient is about zero (a bias before a norm) its sign can flip, and AdamW's first steps
+            # move a weight by about +/- lr whatever the gradient's size: a few elements differ by up to 2 lr a step
+            diff = torch.cat([(run["weights"][i][k] - v).abs().flatten() for k, v in plain["weights"][i].items()])
+            assert diff.max() <= 2 * model.hparams.lr * (i + 1) and (diff > 1e-6).float().mean() < 0.005, name

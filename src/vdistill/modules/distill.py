@@ -7,11 +7,11 @@ optimization and a single backward this runs unchanged under DDP, FSDP and DeepS
 optimizer only: docs/strategies.md and :mod:`vdistill.objectives.adversarial`); the
 fragments in ``experiments/strategies/`` say what each shards. Objectives with networks of their own (DMD's
 fake score: :mod:`vdistill.objectives.distribution_matching`) add their parameter group to the same AdamW; with a
-two time-scale update rule, the steps that train only those networks leave the student without gradient
-(``on_before_optimizer_step``), so under DDP use ``ddp_find_unused_parameters_true`` (plain DDP is refused at
-``setup``), and the student's learning-rate schedule counts its own updates; DeepSpeed keeps gradients of
-its own and is not covered by that guarantee. The consistency EMA target needs whole parameters: it is refused under
-FSDP and ZeRO-3.
+two time-scale update rule, the steps that train only those networks leave the student without gradient, so under
+DDP use ``ddp_find_unused_parameters_true`` (plain DDP is refused at ``setup``); the AdamW holds every other group
+still on those steps (``on_before_optimizer_step`` and :mod:`vdistill.training.optim`: no weight, moment or step
+count moves, under DDP, FSDP and DeepSpeed ZeRO alike), and the student's learning-rate schedule counts its own
+updates. The consistency EMA target needs whole parameters: it is refused under FSDP and ZeRO-3.
 
 A step whose total loss is not finite (NaN / Inf: corrupt data, a diverging run) stops the fit at once with a
 :class:`~vdistill.errors.UserError` naming the global step and the batch's shard files, raised in
@@ -49,6 +49,7 @@ from vdistill.objectives.trajectory import trajectory_errors
 from vdistill.roles.discriminator import Discriminator
 from vdistill.roles.ema import EMAWeights
 from vdistill.training.clipping import ShardedGradientClipping
+from vdistill.training.optim import HoldingAdamW
 from vdistill.training.resume import apply_rank_state, gather_rank_states, pick_rank_state, rank_state
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -378,16 +379,14 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
                    if callable(getattr(obj, "trains_student", None)))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """On a step that does not update the student, drop every gradient but the side networks' (set to None, not
-        zero): torch's AdamW skips parameters without a gradient, moments, step count and weight decay included, so
-        the student and the discriminator heads come out of the step bit-identical, whatever a strategy wrote into
-        their gradients (DDP with ``find_unused_parameters`` may reduce zeros)."""
-        if self._student_step:
-            return
+        """Mark which optimizer groups this step holds still: on a step that does not update the student, every
+        group but the side networks' (:class:`~vdistill.training.optim.HoldingAdamW` then skips them, moments, step
+        count and weight decay included), so the student and the discriminator heads come out of the step
+        bit-identical, whatever a strategy wrote into their gradients (DDP with ``find_unused_parameters`` reduces
+        zeros, DeepSpeed ZeRO steps a flat partition with zeros where a parameter had no gradient). Lightning
+        passes DeepSpeed's ZeRO optimizer here, whose groups are the wrapped AdamW's."""
         for group in optimizer.param_groups:
-            if group.get("name") not in SIDE_GROUPS:
-                for p in group["params"]:
-                    p.grad = None
+            group["hold"] = not self._student_step and group.get("name") not in SIDE_GROUPS
 
     def _stop_unless_finite(self, logs: dict[str, Tensor], batch: dict) -> None:
         """Raise a one-line UserError, on every rank at once, when this step's total loss is not finite on any rank
@@ -436,13 +435,16 @@ class Distillation(ShardedGradientClipping, L.LightningModule):
         for obj in self.objectives:  # networks an objective trains itself (DMD's fake score), with its settings
             if callable(getattr(obj, "param_groups", None)):
                 groups.extend(obj.param_groups(hp.lr, tuple(hp.betas), hp.weight_decay))
-        opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        # a two time-scale rule updates the student every k-th step only: on the others its groups are held still
+        # (on_before_optimizer_step); without one, torch's AdamW itself (the type DeepSpeed ZeRO lists as tested)
+        k = max((int(getattr(obj, "fake_updates", 1)) for obj in self.objectives), default=1)
+        adamw = HoldingAdamW if k > 1 else torch.optim.AdamW
+        opt = adamw(groups, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         schedule = hp.lr_schedule
         if schedule == "constant" and hp.warmup_steps <= 0:
             return opt
-        # the student's groups count the steps that update the student (a two time-scale rule updates it every k-th
-        # step: warm-up and decay then span its own updates), a side network's group every step
-        k = max((int(getattr(obj, "fake_updates", 1)) for obj in self.objectives), default=1)
+        # the student's groups count the steps that update the student (warm-up and decay then span its own
+        # updates), a side network's group every step
         if schedule == "constant":
             warm = hp.warmup_steps
             side_fn = lambda step: min(1.0, (step + 1) / warm)  # noqa: E731

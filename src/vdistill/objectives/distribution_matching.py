@@ -21,9 +21,9 @@ All of it is ONE loss with ONE backward (:mod:`vdistill.objectives.base`): ``L_d
 scores run without gradient), the fake losses see ``x0`` detached, and ``gan_g`` runs network and head on detached
 parameters. **Two time-scale update rule** (DMD2's ``dfake_gen_update_ratio``, paper: 5): the student is updated
 on global steps ``0, k, 2k, ...`` only; on the others the distillation module calls :meth:`side_losses` (the fake
-score's terms on a sample drawn without gradient), runs no other objective, and drops every gradient but the fake
-score's before the AdamW step, so AdamW leaves the student's weights and state untouched
-(:class:`~vdistill.modules.distill.Distillation`).
+score's terms on a sample drawn without gradient), runs no other objective, and holds every optimizer group but
+the fake score's still in that step, so AdamW leaves the student's weights and state untouched, under DeepSpeed
+ZeRO too (:class:`~vdistill.modules.distill.Distillation`, :class:`~vdistill.training.optim.HoldingAdamW`).
 """
 
 from __future__ import annotations
