@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean teachers teacher-table accvideo accvideo-synth accvideo-traj accvideo-adv critics \
 	turbo turbo-cd turbo-image turbo-video turbo-both turbo-both-small \
-	dmd dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj dmd-tg synvid-m2
+	dmd dmd-m1 dmd-m2 dmd-m4 dmd-gan dmd-traj dmd-traj-long dmd-tg synvid-m2
 
 # The long toy recipes below run on the CPU by default; DEVICE=cuda runs them on a GPU (fits with
 # experiments/gpu/one_gpu.yaml: accelerator gpu, 4 data workers, throughput curves; synth and bench on cuda),
@@ -104,6 +104,9 @@ dmd-gan: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_gan.yaml $(FIT_DEVICE)
 dmd-traj: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml $(FIT_DEVICE)
+dmd-traj-long: synvid-m2  # after dmd-traj: its run continued to 300 student updates (exact resume, constant LR)
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml --config experiments/toy/dmd/dmd_traj_long.yaml \
+		--ckpt_path runs/toy/dmd/m2_traj/checkpoints/last.ckpt $(FIT_DEVICE)
 dmd-tg: synvid-m2       # accvideo-traj without the held-out loss (and its second set)
 	$(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/accvideo/accvideo_traj_only.yaml $(FIT_DEVICE)
 dmd: dmd-traj dmd-m2 dmd-m1 dmd-tg dmd-gan dmd-m4
