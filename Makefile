@@ -104,7 +104,7 @@ dmd-gan: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_gan.yaml $(FIT_DEVICE)
 dmd-traj: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml $(FIT_DEVICE)
-dmd-traj-long: synvid-m2  # after dmd-traj: its run continued to 300 student updates (exact resume, constant LR)
+dmd-traj-long: synvid-m2  # after dmd-traj: its run continued to 500 student updates (exact resume, constant LR)
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml --config experiments/toy/dmd/dmd_traj_long.yaml \
 		--ckpt_path runs/toy/dmd/m2_traj/checkpoints/last.ckpt $(FIT_DEVICE)
 dmd-tg: synvid-m2       # accvideo-traj without the held-out loss (and its second set)

@@ -12,7 +12,8 @@ Rows (ratio = bare / ours of the medians: 1.0 = no overhead; the goal is >= 0.95
 * ``synth (in-process)``: ``vdistill synth``'s ``run(argv)`` against a bare loop of the teacher's Euler steps with
   CFG that writes the key points with safetensors; ``synth (command)``: the whole commands as processes;
 * ``sample (in-process)`` / ``sample (command)``: ``vdistill sample`` of the exported trajectory student against
-  ``WanPipeline.from_pretrained(export)(prompts, ...)``, the frames written with numpy;
+  ``WanPipeline.from_pretrained(export)(prompts, ...)``, the frames written with numpy; ``sample part: ...``: the
+  same split into loading, text encoding, denoising and VAE decode on each side (:func:`sample_part_rows`);
 * start-up: ``vdistill --help``, ``vdistill list``, ``python -c 'import torch'`` (the floor of any command that
   computes) and whether ``vdistill synth`` / ``sample`` import Lightning (``python -X importtime``).
 
@@ -201,10 +202,12 @@ def timed(fn) -> float:
 
 
 def reps(pairs: list[tuple[str, callable]], n: int, prepare=None) -> dict[str, Times]:
-    """``n`` rounds of each ``(name, fn)`` in turn, timed; ``prepare(name)`` runs untimed before each."""
+    """``n`` rounds of each ``(name, fn)`` in turn, timed, the order reversed every other round (A B, B A, ...: a
+    side that gains or loses from running first or second, or from a drift of the machine, does so on both);
+    ``prepare(name)`` runs untimed before each."""
     times = {name: Times(name) for name, _ in pairs}
     for r in range(n):
-        for name, fn in pairs:
+        for name, fn in (pairs if r % 2 == 0 else pairs[::-1]):
             if prepare is not None:
                 prepare(name)
             times[name].seconds.append(timed(fn))
@@ -295,7 +298,63 @@ def sample_rows(setup: Setup, args, export: Path, prompts_file: Path) -> list[di
         fresh(out / name)
 
     detail = f"{len(wan_prompts(args.sample_prompts))} videos, {steps}-step student, --mp4 0"
-    return compare_rows("sample", lambda: sample_run(ours_argv), ours_argv, bare_argv, args, prepare, detail)
+    rows = compare_rows("sample", lambda: sample_run(ours_argv), ours_argv, bare_argv, args, prepare, detail)
+    return rows + sample_part_rows(export, prompts_file, steps, s, args.reps)
+
+
+def sample_part_rows(export: Path, prompts_file: Path, steps: int, s: WanSize, n: int) -> list[dict]:
+    """Where the time of ``sample`` goes, side by side: each rep loads both models afresh (as each ``sample`` call
+    does) and times, on each, the text encoding, the denoising steps and the VAE decode of the same prompts at the
+    same size (ours: ``encode_text``, ``sample_latents``, ``decode_latents``; the pipeline: ``encode_prompt``, its
+    call with ``output_type="latent"``, ``vae.decode``), the sides in A B, B A order."""
+    from diffusers import WanPipeline
+
+    from vdistill.backbones.io import load_backbone
+    from vdistill.sampling.sampler import initial_noise, sample_latents
+
+    prompts = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
+    parts = ("load", "text encoding", "denoising", "VAE decode")
+    times = {(side, part): Times(side) for side in ("ours", "bare") for part in parts}
+
+    def clock(side: str, part: str, fn):
+        start = time.perf_counter()
+        out = fn()
+        times[(side, part)].seconds.append(time.perf_counter() - start)
+        return out
+
+    @torch.no_grad()
+    def ours() -> None:
+        model = clock("ours", "load", lambda: load_backbone(str(export)))
+        text = clock("ours", "text encoding", lambda: model.encode_text(prompts))
+        noise = initial_noise(model.latent_shape(s.frames, s.size, s.size), range(len(prompts)), "cpu")
+        res = clock("ours", "denoising", lambda: sample_latents(model, noise, text, steps=steps, cfg=1.0))
+        clock("ours", "VAE decode", lambda: model.decode_latents(res.latents))
+
+    @torch.no_grad()
+    def pipeline() -> None:
+        pipe = clock("bare", "load", lambda: WanPipeline.from_pretrained(str(export)))
+        pipe.set_progress_bar_config(disable=True)
+        # 512 text positions, what the pipeline's call encodes (encode_prompt's own default is 226: a shorter
+        # cross-attention than the call's, and than ours)
+        embeds = clock("bare", "text encoding", lambda: pipe.encode_prompt(
+            prompts, do_classifier_free_guidance=False, max_sequence_length=512))
+        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        latents = clock("bare", "denoising", lambda: pipe(
+            prompt_embeds=embeds[0], num_inference_steps=steps, guidance_scale=1.0, generator=gens,
+            output_type="latent", num_frames=s.frames, height=s.size, width=s.size).frames)
+        vae = pipe.vae
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        clock("bare", "VAE decode", lambda: pipe.video_processor.postprocess_video(
+            vae.decode(latents * std + mean, return_dict=False)[0], output_type="np"))
+
+    for r in range(n):
+        for fn in ((ours, pipeline) if r % 2 == 0 else (pipeline, ours)):
+            fn()
+        log(f"  parts rep {r + 1}/{n}: " + ", ".join(f"{side} {part} {t.seconds[-1]:.2f} s"
+                                                   for (side, part), t in times.items()))
+    return [row(f"sample part: {part} (fresh load)", {"ours": times[("ours", part)], "bare": times[("bare", part)]},
+                f"{len(prompts)} prompts") for part in parts]
 
 
 # -- start-up ----------------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def test_overhead_script_reports_every_row(tmp_path):
     stdout, result = run_script("overhead.py", tmp_path)
     names = [r["row"] for r in result["rows"]]
     assert names == ["train trajectory (full student)", "train consistency (LoRA r4)", "synth (in-process)",
-                     "synth (command)", "sample (in-process)", "sample (command)"]
+                     "synth (command)", "sample (in-process)", "sample (command)",
+                     *(f"sample part: {part} (fresh load)" for part in ("load", "text encoding", "denoising",
+                                                                         "VAE decode"))]
     for r in result["rows"]:
         assert f"| {r['row']} |" in stdout
         for side in ("ours", "bare"):
