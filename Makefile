@@ -89,7 +89,8 @@ turbo: turbo-cd turbo-image turbo-video turbo-both turbo-both-small
 	$(VD) bench experiments/toy/turbo/turbo_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 # DMD2 in the toy world (issue 16): 1-, 2- and 4-step DMD2 students, DMD2 + its GAN term and DMD2 + trajectory
-# guidance (100 student updates each: 500 global steps with fake_updates 5; what a 2-core machine fits in a session),
+# guidance (100 student updates each: 500 global steps with fake_updates 5; what a 2-core machine fits in a session;
+# dmd-traj-long: DMD2 + trajectory guidance to 300 and 500 updates),
 # the trajectory-guidance student (600 updates, no held-out set: dmd-tg), then one ToyBench table with the
 # trajectory-guidance student (accvideo-traj's run) and the teacher at 50 / 2 / 1 steps, every row on the same held-out
 # seeds, paired differences against the 50-step teacher (docs/results/dmd_toy.md). `make -j2 dmd` trains two at once.
@@ -104,12 +105,13 @@ dmd-gan: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_gan.yaml $(FIT_DEVICE)
 dmd-traj: synvid-m2
 	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml $(FIT_DEVICE)
-dmd-traj-long: synvid-m2  # after dmd-traj: its run continued to 500 student updates (exact resume, constant LR)
-	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml --config experiments/toy/dmd/dmd_traj_long.yaml \
-		--ckpt_path runs/toy/dmd/m2_traj/checkpoints/last.ckpt $(FIT_DEVICE)
+dmd-traj-long: synvid-m2  # dmd-traj to 500 student updates, and its 300-update checkpoint exported
+	$(DMD_FIT) --config experiments/toy/dmd/dmd_traj.yaml --config experiments/toy/dmd/dmd_traj_long.yaml $(FIT_DEVICE)
+	$(VD) export --ckpt runs/toy/dmd/m2_traj_long/checkpoints/epoch=62-step=1500.ckpt \
+		--out runs/toy/dmd/m2_traj_long/export_1500
 dmd-tg: synvid-m2       # accvideo-traj without the held-out loss (and its second set)
 	$(VD) fit --config experiments/toy/accvideo/accvideo.yaml --config experiments/toy/accvideo/accvideo_traj_only.yaml $(FIT_DEVICE)
-dmd: dmd-traj dmd-m2 dmd-m1 dmd-tg dmd-gan dmd-m4
+dmd: dmd-traj dmd-m2 dmd-m1 dmd-tg dmd-gan dmd-m4 dmd-traj-long
 	$(VD) bench experiments/toy/dmd/dmd_bench.yaml --device $(DEVICE) $(BENCH_FLAGS)
 
 clean:
