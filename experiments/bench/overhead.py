@@ -306,7 +306,7 @@ def sample_part_rows(export: Path, prompts_file: Path, steps: int, s: WanSize, n
     """Where the time of ``sample`` goes, side by side: each rep loads both models afresh (as each ``sample`` call
     does) and times, on each, the text encoding, the denoising steps and the VAE decode of the same prompts at the
     same size (ours: ``encode_text``, ``sample_latents``, ``decode_latents``; the pipeline: ``encode_prompt``, its
-    call with ``output_type="latent"``, ``vae.decode``), the sides in A B, B A order."""
+    call with ``output_type="latent"``, ``vae.decode``), the sides in :func:`reps`' alternating order."""
     from diffusers import WanPipeline
 
     from vdistill.backbones.io import load_backbone
@@ -348,11 +348,7 @@ def sample_part_rows(export: Path, prompts_file: Path, steps: int, s: WanSize, n
         clock("bare", "VAE decode", lambda: pipe.video_processor.postprocess_video(
             vae.decode(latents * std + mean, return_dict=False)[0], output_type="np"))
 
-    for r in range(n):
-        for fn in ((ours, pipeline) if r % 2 == 0 else (pipeline, ours)):
-            fn()
-        log(f"  parts rep {r + 1}/{n}: " + ", ".join(f"{side} {part} {t.seconds[-1]:.2f} s"
-                                                   for (side, part), t in times.items()))
+    reps([("ours", ours), ("bare", pipeline)], n)  # the whole rep of each side, A B, B A; its parts clocked inside
     return [row(f"sample part: {part} (fresh load)", {"ours": times[("ours", part)], "bare": times[("bare", part)]},
                 f"{len(prompts)} prompts") for part in parts]
 
